@@ -1,0 +1,102 @@
+"""The ``carla`` client API the CARLA env relies on, as one checkable list.
+
+``tests/test_carla_api.py`` resolves every name below on the installed ``carla`` package, so a typo or an
+API removed in a new CARLA release fails a test instead of a training run. It also checks that each fake of
+:mod:`sb3_carla_td3.envs.carla_fake` only offers names the real class has, and that every ``carla.X``
+the env modules spell out is listed here.
+"""
+
+from __future__ import annotations
+
+#: Dotted names resolved from the ``carla`` module (``"World.tick"`` means ``carla.World.tick``).
+CARLA_API_USED: tuple[str, ...] = (
+    # connection and world set-up
+    "Client",
+    "Client.set_timeout",
+    "Client.get_server_version",
+    "Client.get_client_version",
+    "Client.get_world",
+    "Client.load_world",
+    "Client.get_trafficmanager",
+    "Client.apply_batch_sync",
+    "World.get_map",
+    "World.get_settings",
+    "World.apply_settings",
+    "World.tick",
+    "World.get_blueprint_library",
+    "World.get_actor",
+    "World.get_actors",
+    "WorldSettings",
+    "WorldSettings.synchronous_mode",
+    "WorldSettings.fixed_delta_seconds",
+    "WorldSettings.no_rendering_mode",
+    "TrafficManager.set_synchronous_mode",
+    "TrafficManager.set_random_device_seed",
+    # map and routes
+    "Map",
+    "Map.name",
+    "Map.get_waypoint",
+    "Map.get_topology",
+    "Map.get_spawn_points",
+    "Map.generate_waypoints",
+    "Waypoint.transform",
+    "Waypoint.road_id",
+    "Waypoint.section_id",
+    "Waypoint.lane_id",
+    "Waypoint.lane_width",
+    "Waypoint.lane_type",
+    "Waypoint.is_junction",
+    "Waypoint.next_until_lane_end",
+    "LaneType.Driving",
+    # blueprints and actors
+    "BlueprintLibrary.find",
+    "BlueprintLibrary.filter",
+    "ActorBlueprint.id",
+    "ActorBlueprint.has_attribute",
+    "ActorBlueprint.get_attribute",
+    "ActorBlueprint.set_attribute",
+    "ActorAttribute.as_int",
+    "Actor.id",
+    "Actor.type_id",
+    "Actor.attributes",
+    "Actor.get_transform",
+    "Actor.get_velocity",
+    "Vehicle.apply_control",
+    "Sensor.listen",
+    "Sensor.stop",
+    # batch commands
+    "command",
+    "command.SpawnActor",
+    "command.SpawnActor.then",
+    "command.SetAutopilot",
+    "command.FutureActor",
+    "command.DestroyActor",
+    "command.Response.actor_id",
+    "command.Response.error",
+    "command.Response.has_error",
+    # sensor data
+    "Image.frame",
+    "Image.width",
+    "Image.height",
+    "Image.raw_data",
+    "CollisionEvent.frame",
+    "CollisionEvent.other_actor",
+    "CollisionEvent.normal_impulse",
+    "LaneInvasionEvent.frame",
+    "LaneInvasionEvent.crossed_lane_markings",
+    "LaneMarking.type",
+    # value types
+    "Location",
+    "Location.x",
+    "Location.y",
+    "Location.z",
+    "Rotation",
+    "Rotation.yaw",
+    "Rotation.pitch",
+    "Transform",
+    "Transform.location",
+    "Transform.rotation",
+    "Vector3D",
+    "Vector3D.length",
+    "VehicleControl",
+)

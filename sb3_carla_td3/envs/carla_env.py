@@ -1,0 +1,403 @@
+"""Gymnasium environment for CARLA 0.9.16: camera frames plus a route vector, driven with [steer, throttle_brake]."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from sb3_carla_td3.envs.carla_actors import (
+    ActorLifecycle,
+    CarlaSpawnError,
+    four_wheeled_blueprints,
+    spawn_transforms,
+    sweep_stale_actors,
+)
+from sb3_carla_td3.envs.carla_config import CarlaConfig
+from sb3_carla_td3.envs.carla_connection import CarlaBackend
+from sb3_carla_td3.envs.carla_episode import (
+    VECTOR_BOUND,
+    check_action,
+    choose_npcs,
+    ego_transform,
+    end_reason,
+    fixed_route,
+    observation_vector,
+    random_route,
+    sensor_specs,
+)
+from sb3_carla_td3.envs.carla_sensors import FrameStack, SensorReadings, SensorSuite, preprocess_image
+from sb3_carla_td3.envs.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
+from sb3_carla_td3.envs.routes import Route, RoutePlanner, load_waypoint_file, wrap_angle
+from sb3_carla_td3.errors import CarlaConnectionError
+
+logger = logging.getLogger(__name__)
+
+#: Route metres searched behind and ahead of the previous projection each step.
+PROJECTION_WINDOW_M = (10.0, 30.0)
+#: Exceptions that mean "the server or its streams failed" (libcarla raises RuntimeError on RPC time-outs).
+CARLA_FAILURES = (RuntimeError, TimeoutError)
+
+
+class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    """
+    ## Description
+    Drive an ego vehicle along a route in the CARLA simulator (0.9.16) from a front camera. The server runs in
+    synchronous mode: each :meth:`step` applies one control and advances the world by ``fixed_delta_seconds``
+    (0.05 s by default, 20 Hz). Sensor data is matched to the frame id returned by ``world.tick()``, so an
+    observation is never stale or repeated. NPC traffic is driven by the Traffic Manager.
+
+    ## Action Space
+    ``Box(-1, 1, (2,), float32)``:
+
+    | Index | Action         | Range   | Effect                                                        |
+    |-------|----------------|---------|---------------------------------------------------------------|
+    | 0     | steer          | [-1, 1] | ``VehicleControl.steer`` (-1 full left, 1 full right)         |
+    | 1     | throttle_brake | [-1, 1] | positive part is throttle, negative part is brake (no reverse) |
+
+    An action of the wrong shape or with NaN/inf raises ``ValueError``; finite values are clipped to [-1, 1]
+    (``carla.VehicleControl`` does not clamp).
+
+    ## Observation Space
+    ``Dict`` with two keys:
+
+    - ``"image"``: ``uint8`` ``(frames * C, image_size, image_size)``, C = 1 (grey) or 3 (RGB), the last
+      ``frames`` camera images, oldest first and newest last. After a reset every slot but the newest is zero
+      (SB3 ``VecFrameStack`` convention).
+    - ``"vector"``: ``float32`` ``(3 + 2 * n_waypoints,)``, each entry clipped to [-10, 10]:
+      speed / 30 m/s; signed lateral deviation from the route / half lane width (positive: right of the route);
+      heading error / pi; then the next ``n_waypoints`` route points (x forward, y right, in the vehicle frame)
+      spaced ``lookahead_m / n_waypoints`` apart along the route, divided by ``lookahead_m``. Points past the
+      route end repeat the end point, never zeros.
+
+    ## Rewards
+    The sum of the weighted terms of :func:`~sb3_carla_td3.envs.rewards.compute_reward_terms`, each reported in
+    ``info["reward_terms"]``: efficiency (speed along the route vs target, [-1, 1]), lane keeping ([-1, 0]),
+    comfort (action change, [-1, 0]), safety (lane invasion, wrong way, [-2, 0]), progress (metres of route arc
+    length gained), collision (``-collision_penalty``) and off-road (``-off_road_penalty``). Example with the
+    defaults: driving on the centre line at the 8 m/s target for one 0.05 s step gains 0.4 m, so the reward is
+    1.0 (efficiency) + 0.5 * 0.4 (progress) = 1.2.
+
+    ## Starting State
+    The ego spawns at the route start, pointing along the route, and the world ticks ``settle_ticks`` times with
+    the brake on before the first observation. Routes are fixed (``route.start_xy``/``end_xy`` or
+    ``route.waypoint_file``) or drawn per reset from the map's spawn points with ``self.np_random``. NPCs spawn at
+    random spawn points more than ``npc_exclusion_radius_m`` from the ego.
+
+    ## Episode End
+    ``info["reason"]`` says why (None while running). Terminated: ``"collision"`` (collision sensor event),
+    ``"off_route"`` (|lateral deviation| > ``max_lateral_deviation_m``), ``"route_completed"`` (less than
+    ``route_end_tolerance_m`` of route left). Truncated: ``"max_steps"`` (``max_episode_steps`` steps),
+    ``"stuck"`` (speed < ``stuck_speed_mps`` for ``stuck_seconds`` of simulated time), ``"carla_error"``
+    (tick or sensor time-out; ``info["carla_error"]`` holds the message, the actors are destroyed and the next
+    :meth:`reset` reconnects). ``info`` only holds plain Python values, so it pickles through ``SubprocVecEnv``.
+
+    ## Arguments
+    ``CarlaEnv(config=None, render_mode=None, *, backend=None)``; see the parameters below. Construction probes
+    the server in a subprocess first (libcarla aborts the process if a non-CARLA service answers) and raises
+    :class:`~sb3_carla_td3.errors.CarlaConnectionError` within ``timeout_s + 1`` s if none answers.
+    :meth:`close` destroys every actor and restores the world settings found on connect; it is idempotent.
+
+    ## Version History
+    - v0: first release (CARLA 0.9.16, synchronous mode, frame-matched sensors, A* routes on the map topology).
+
+    :param config: everything the env reads; None uses ``CarlaConfig()`` (localhost:2000, Town01).
+    :param render_mode: None, or ``"rgb_array"`` for :meth:`render` to return the latest camera image.
+    :param backend: where ``carla`` comes from and how to connect; None uses the installed ``carla`` package
+        (raises ``ImportError`` with the install command if it is missing). Tests pass a fake server.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self, config: CarlaConfig | None = None, render_mode: str | None = None, *, backend: CarlaBackend | None = None
+    ) -> None:
+        if config is not None and not isinstance(config, CarlaConfig):
+            raise ValueError(f"config must be a CarlaConfig or None, got {type(config).__name__}: {config!r}")
+        self.config = config if config is not None else CarlaConfig()
+        self.config.validate()
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        cfg = self.config
+        self.metadata = {**type(self).metadata, "render_fps": max(1, round(1.0 / cfg.fixed_delta_seconds))}
+        self._route_rows = load_waypoint_file(cfg.route.waypoint_file) if cfg.route.waypoint_file else None
+        self._backend = backend if backend is not None else CarlaBackend.default()
+        self._carla = self._backend.carla
+
+        self.frame_stack: int = cfg.frames
+        channels = 1 if cfg.grayscale else 3
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (cfg.frames * channels, cfg.image_size, cfg.image_size), np.uint8),
+                "vector": spaces.Box(-VECTOR_BOUND, VECTOR_BOUND, (3 + 2 * cfg.route.n_waypoints,), np.float32),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self._frames = FrameStack(cfg.frames, channels, cfg.image_size)
+        self._sensors = SensorSuite()
+
+        # Connection state (None while disconnected).
+        self._client: Any = None
+        self._world: Any = None
+        self._map: Any = None
+        self._planner: RoutePlanner | None = None
+        self._actors: ActorLifecycle | None = None
+        self._spawn_points: list[Any] = []
+        self._npc_blueprints: list[Any] = []
+        self._fixed_route: tuple[Route, float] | None = None
+        self._original_settings: Any = None
+        # Episode state.
+        self._ego: Any = None
+        self._route: Route | None = None
+        self._s_m = 0.0
+        self._steps = 0
+        self._stuck_steps = 0
+        self._prev_action = np.zeros(2)
+        self._last_obs: dict[str, np.ndarray] | None = None
+        self._last_rgb: np.ndarray | None = None
+        self._episode_over = True
+        self._seeded = False
+        #: Frame id of the camera image in the newest observation slot (None before the first reset).
+        self.last_image_frame: int | None = None
+        self._connect()
+
+    # ------------------------------------------------------------------ connection
+    def _connect(self) -> None:
+        """Connect, switch the world to synchronous mode, set up the Traffic Manager and the route planner."""
+        cfg, carla = self.config, self._carla
+        client = self._backend.connect(cfg.host, cfg.port, cfg.timeout_s)
+        try:
+            world = client.get_world()
+            if world.get_map().name.rsplit("/", 1)[-1] != cfg.town:
+                world = client.load_world(cfg.town)
+            if self._original_settings is None:
+                self._original_settings = world.get_settings()
+            settings = world.get_settings()
+            settings.synchronous_mode = True
+            settings.fixed_delta_seconds = cfg.fixed_delta_seconds
+            settings.no_rendering_mode = False  # cameras need rendering (and 0.9.16 slows down otherwise)
+            world.apply_settings(settings)
+            traffic_manager = client.get_trafficmanager(cfg.tm_port)
+            traffic_manager.set_synchronous_mode(True)
+            if cfg.seed is not None:
+                traffic_manager.set_random_device_seed(cfg.seed)
+            sweep_stale_actors(carla, client, world)
+            world_map = world.get_map()
+            self._planner = RoutePlanner(world_map, cfg.route.resolution_m)
+            self._spawn_points = spawn_transforms(carla, world_map)
+            self._npc_blueprints = four_wheeled_blueprints(world.get_blueprint_library())
+        except CARLA_FAILURES as e:
+            raise CarlaConnectionError(f"CARLA server at {cfg.host}:{cfg.port} failed while setting up: {e}") from e
+        self._client, self._world, self._map = client, world, world_map
+        self._actors = ActorLifecycle(carla, client, world, cfg.tm_port)
+        self._fixed_route = fixed_route(carla, world_map, self._planner, cfg.route, self._route_rows)
+
+    def _disconnect(self) -> None:
+        """Destroy the episode's actors if the server still answers, then forget the connection."""
+        if self._actors is not None:
+            try:
+                self._actors.destroy_all()
+            except CARLA_FAILURES as e:
+                logger.warning("could not destroy actors while disconnecting (they are swept on reconnect): %s", e)
+        self._client = self._world = self._map = self._planner = self._actors = None
+        self._ego = None
+        self._episode_over = True
+
+    # ------------------------------------------------------------------ episode set-up
+    def _spawn_ego(self) -> tuple[Route, Any, int]:
+        """Choose the route and spawn the ego at its start; random routes retry on an occupied spot."""
+        attempts = 1 if self._fixed_route is not None else self.config.route.max_attempts
+        for attempt in range(1, attempts + 1):
+            if self._fixed_route is not None:
+                route, z = self._fixed_route
+            else:
+                route, z = random_route(self._map, self._planner, self._spawn_points, self.config.route, self.np_random)
+            try:
+                ego = self._actors.spawn_ego(self.config.ego_blueprint, ego_transform(self._carla, route, z))
+            except CarlaSpawnError:
+                if attempt == attempts:
+                    raise
+                continue
+            return route, ego, attempt
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_episode(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        cfg = self.config
+        self._sensors.clear()
+        route, ego, attempts = self._spawn_ego()
+        callbacks = (self._sensors.on_image, self._sensors.on_collision, self._sensors.on_lane_invasion)
+        self._actors.spawn_sensors(ego.id, sensor_specs(self._carla, cfg.camera, callbacks))
+        npcs = choose_npcs(self._spawn_points, self._npc_blueprints, cfg, route.points[0], self.np_random)
+        npc_spawned = self._actors.spawn_npcs(*npcs)
+        ego.apply_control(self._carla.VehicleControl(throttle=0.0, steer=0.0, brake=1.0))
+        for _ in range(cfg.settle_ticks):  # let the car drop onto the road; events while settling are dropped
+            readings = self._sensors.collect(self._world.tick(cfg.timeout_s), cfg.timeout_s)
+        self._ego, self._route = ego, route
+        x, y, yaw, speed = self._measure()
+        projection = route.project(x, y, s_hint_m=0.0, window_m=PROJECTION_WINDOW_M)
+        self._s_m, self._steps, self._stuck_steps = projection.s_m, 0, 0
+        self._prev_action = np.zeros(2)
+        image = self._frames.reset(self._preprocess(readings))
+        obs = {"image": image, "vector": observation_vector(route, projection, (x, y, yaw, speed), cfg.route)}
+        self._last_obs = obs
+        self._episode_over = False
+        info = {"reason": None, "route_length_m": route.length_m, "route_attempts": attempts, "npc_spawned": npc_spawned}
+        return {k: v.copy() for k, v in obs.items()}, info
+
+    # ------------------------------------------------------------------ per-step helpers
+    def _measure(self) -> tuple[float, float, float, float]:
+        """Ego x (m), y (m), yaw (rad) and speed (m/s) after the last tick."""
+        transform, velocity = self._ego.get_transform(), self._ego.get_velocity()
+        return (transform.location.x, transform.location.y, math.radians(transform.rotation.yaw), velocity.length())
+
+    def _preprocess(self, readings: SensorReadings) -> np.ndarray:
+        self._last_rgb = readings.rgb
+        self.last_image_frame = readings.frame
+        return preprocess_image(readings.rgb, self.config.image_size, self.config.grayscale)
+
+    def _abort_episode(self, error: BaseException) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Truncate after a tick or sensor failure; the next reset reconnects."""
+        message = f"{type(error).__name__}: {error}"
+        logger.warning("CARLA step failed, truncating the episode and reconnecting on reset: %s", message)
+        self._disconnect()
+        obs = {k: v.copy() for k, v in self._last_obs.items()}
+        info = {"reason": "carla_error", "carla_error": message, "reward_terms": dict.fromkeys(REWARD_TERMS, 0.0)}
+        return obs, 0.0, False, True, info
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Destroy the previous episode's actors, reconnect if needed, and start a new episode.
+
+        :param seed: seeds ``self.np_random`` (route and NPC choice); the first reset uses ``config.seed`` if None.
+        :param options: unused.
+        :return: the first observation and an info dict (``reason`` None, route length, NPCs spawned).
+        :raises CarlaConnectionError: if the server fails during the reset (all actors are destroyed first).
+        """
+        if seed is None and not self._seeded:
+            seed = self.config.seed
+        super().reset(seed=seed)
+        self._seeded = True
+        self._ego, self._episode_over = None, True
+        if self._actors is not None:
+            try:
+                self._actors.destroy_all()
+            except CARLA_FAILURES as e:
+                logger.warning("CARLA server failed while destroying the last episode's actors; reconnecting: %s", e)
+                self._disconnect()
+        if self._client is None:
+            self._connect()
+        try:
+            return self._start_episode()
+        except BaseException as e:
+            try:
+                if self._actors is not None:
+                    self._actors.destroy_all()
+            except CARLA_FAILURES as cleanup_error:
+                logger.warning("cleanup after a failed reset also failed: %s", cleanup_error)
+            if isinstance(e, CARLA_FAILURES) and not isinstance(e, CarlaSpawnError):
+                self._disconnect()
+                raise CarlaConnectionError(
+                    f"CARLA server at {self.config.host}:{self.config.port} failed during reset: {e}"
+                ) from e
+            raise
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Apply ``[steer, throttle_brake]``, tick the world once and read the frame-matched sensors.
+
+        :param action: array of shape (2,), finite; values outside [-1, 1] are clipped.
+        :return: observation, reward, terminated, truncated, info (``reason``, ``reward_terms``, measurements).
+        :raises ValueError: if the action has the wrong shape or is not finite.
+        :raises RuntimeError: if called before :meth:`reset` or after the episode ended.
+        """
+        action = check_action(action, self.action_space)
+        if self._episode_over:
+            raise RuntimeError(f"{type(self).__name__}.step() needs a running episode: call reset() first")
+        cfg = self.config
+        steer, throttle_brake = float(action[0]), float(action[1])
+        control = self._carla.VehicleControl(throttle=max(throttle_brake, 0.0), steer=steer, brake=max(-throttle_brake, 0.0))
+        try:
+            self._ego.apply_control(control)
+            readings = self._sensors.collect(self._world.tick(cfg.timeout_s), cfg.timeout_s)
+            x, y, yaw, speed = self._measure()
+        except CARLA_FAILURES as e:
+            return self._abort_episode(e)
+        self._steps += 1
+        self._stuck_steps = self._stuck_steps + 1 if speed < cfg.stuck_speed_mps else 0
+        projection = self._route.project(x, y, s_hint_m=self._s_m, window_m=PROJECTION_WINDOW_M)
+        progress_m, self._s_m = projection.s_m - self._s_m, projection.s_m
+        heading_error = wrap_angle(yaw - projection.tangent_yaw_rad)
+        collision, lane_invasion = bool(readings.collisions), bool(readings.lane_invasions)
+        off_road = abs(projection.lateral_m) > cfg.max_lateral_deviation_m
+        remaining_m = self._route.length_m - projection.s_m
+        reason, terminated = end_reason(cfg, collision, off_road, remaining_m, self._steps, self._stuck_steps)
+        target = projection.target_speed_mps
+        inputs = RewardInputs(
+            speed_mps=speed,
+            target_speed_mps=target if math.isfinite(target) and target > 0 else cfg.reward.target_speed_mps,
+            heading_error_rad=heading_error,
+            lateral_m=projection.lateral_m,
+            half_lane_width_m=projection.half_lane_width_m,
+            progress_m=progress_m,
+            steer_change=steer - float(self._prev_action[0]),
+            throttle_brake_change=throttle_brake - float(self._prev_action[1]),
+            lane_invasion=lane_invasion,
+            collision=collision,
+            off_road=off_road,
+        )
+        terms = compute_reward_terms(inputs, cfg.reward)
+        self._prev_action = action
+        vector = observation_vector(self._route, projection, (x, y, yaw, speed), cfg.route)
+        obs = {"image": self._frames.push(self._preprocess(readings)), "vector": vector}
+        self._last_obs = obs
+        self._episode_over = reason is not None
+        info = {
+            "reason": reason,
+            "reward_terms": terms,
+            "speed_mps": float(speed),
+            "lateral_m": projection.lateral_m,
+            "heading_error_rad": heading_error,
+            "route_progress_m": projection.s_m,
+            "route_length_m": self._route.length_m,
+            "collision": collision,
+            "lane_invasion": lane_invasion,
+            "sim_time_s": self._steps * cfg.fixed_delta_seconds,
+        }
+        truncated = reason is not None and not terminated
+        return {k: v.copy() for k, v in obs.items()}, float(sum(terms.values())), terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """The latest camera image.
+
+        :return: uint8 ``(camera.height, camera.width, 3)`` RGB with ``render_mode="rgb_array"``; None otherwise.
+        """
+        if self.render_mode is None:
+            gym.logger.warn(
+                "render() was called without a render mode; create the env with "
+                "CarlaEnv(config, render_mode='rgb_array') to get camera images."
+            )
+            return None
+        return None if self._last_rgb is None else self._last_rgb.copy()
+
+    def close(self) -> None:
+        """Destroy every actor, restore the world settings found on connect and drop the client. Idempotent."""
+        world, traffic_manager_port = self._world, self.config.tm_port
+        client = self._client
+        try:
+            if self._actors is not None:
+                self._actors.destroy_all()
+            if client is not None:
+                client.get_trafficmanager(traffic_manager_port).set_synchronous_mode(False)
+                if self._original_settings is not None:
+                    world.apply_settings(self._original_settings)
+        except CARLA_FAILURES as e:
+            logger.warning("CARLA server did not answer while closing the env: %s", e)
+        finally:
+            self._client = self._world = self._map = self._planner = self._actors = None
+            self._ego, self._episode_over = None, True

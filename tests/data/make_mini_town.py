@@ -1,0 +1,189 @@
+"""Write ``mini_town.xodr``: a small OpenDRIVE town with two T-junctions and curves, for offline CARLA tests.
+
+Run ``python tests/data/make_mini_town.py`` to regenerate the fixture. Coordinates below are OpenDRIVE
+(right-handed, y up); CARLA negates y when it builds the map.
+
+Layout (metres): junction 1000 at (0, 0) and junction 2000 at (0, -60) are T-junctions joined by the straight
+road 2 (x = 0, from y = -10 down to y = -50). Roads 1 and 3 form the north loop: road 1 leaves junction 1000's
+west arm at (-10, 0), curves north (radius 20 m) and ends at (0, 80); road 3 continues east, curves south and
+returns into the east arm at (10, 0). Roads 4 and 5 form the south loop the same way from junction 2000's east
+arm at (10, -60) round y = -120 back into its west arm at (-10, -60). Each junction joins its three arms with
+six one-lane connecting roads (two straight, four quarter circles of radius 10 m). Every ordinary road has one
+3.5 m driving lane per direction (right-hand traffic), so every lane can reach every other lane.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+LANE_WIDTH_M = 3.5
+ARM_M = 10.0  # distance from a junction centre to the end of each arm
+HALF_PI = math.pi / 2
+R_LOOP = 20.0
+# libcarla decides "is this link a junction?" by checking that no road has that id, so junction ids must not
+# collide with road ids (a junction 1 next to a road 1 silently loses every link into the junction).
+JUNCTIONS = {
+    1000: {
+        "centre": (0.0, 0.0),
+        "first_connecting_id": 100,
+        "arms": {(-1, 0): (1, "start"), (1, 0): (3, "end"), (0, -1): (2, "start")},
+    },
+    2000: {
+        "centre": (0.0, -60.0),
+        "first_connecting_id": 200,
+        "arms": {(1, 0): (4, "start"), (-1, 0): (5, "end"), (0, 1): (2, "end")},
+    },
+}
+
+
+def _geometry(x: float, y: float, hdg: float, pieces: list[tuple[float, float]]) -> tuple[str, float]:
+    """Chain line (curvature 0) and arc pieces ``(length_m, curvature_1pm)`` into ``<geometry>`` records."""
+    lines, s = [], 0.0
+    for length, curvature in pieces:
+        shape = "<line/>" if curvature == 0.0 else f'<arc curvature="{curvature:.10f}"/>'
+        lines.append(
+            f'      <geometry s="{s:.10f}" x="{x:.10f}" y="{y:.10f}" hdg="{hdg:.10f}" '
+            f'length="{length:.10f}">{shape}</geometry>'
+        )
+        if curvature == 0.0:
+            x, y = x + length * math.cos(hdg), y + length * math.sin(hdg)
+        else:
+            new_hdg = hdg + length * curvature
+            x += (math.sin(new_hdg) - math.sin(hdg)) / curvature
+            y -= (math.cos(new_hdg) - math.cos(hdg)) / curvature
+            hdg = new_hdg
+        s += length
+    return "\n".join(lines), s
+
+
+def _lane(lane_id: int, pred: int | None, succ: int | None, mark: str) -> str:
+    links = "".join(
+        f'<{kind} id="{value}"/>' for kind, value in (("predecessor", pred), ("successor", succ)) if value is not None
+    )
+    return (
+        f'          <lane id="{lane_id}" type="driving" level="false"><link>{links}</link>'
+        f'<width sOffset="0" a="{LANE_WIDTH_M}" b="0" c="0" d="0"/>'
+        f'<roadMark sOffset="0" type="{mark}" weight="standard" color="white" width="0.15"/></lane>'
+    )
+
+
+def _road(
+    road_id: int,
+    junction: int,
+    start: tuple[float, float, float],
+    pieces: list[tuple[float, float]],
+    link: str,
+    lanes: tuple[str | None, str],
+) -> str:
+    geometry, length = _geometry(*start, pieces)
+    left, right = lanes
+    left_xml = f"        <left>\n{left}\n        </left>\n" if left else ""
+    centre_mark = "broken" if left else "none"
+    return (
+        f'  <road name="road{road_id}" length="{length:.10f}" id="{road_id}" junction="{junction}">\n'
+        f'    <link>{link}</link>\n    <type s="0" type="town"/>\n    <planView>\n{geometry}\n    </planView>\n'
+        '    <elevationProfile><elevation s="0" a="0" b="0" c="0" d="0"/></elevationProfile>\n'
+        '    <lateralProfile/>\n    <lanes>\n      <laneSection s="0">\n'
+        f"{left_xml}"
+        f'        <center><lane id="0" type="none" level="false"><roadMark sOffset="0" type="{centre_mark}" '
+        'weight="standard" color="white" width="0.15"/></lane></center>\n'
+        f"        <right>\n{right}\n        </right>\n      </laneSection>\n    </lanes>\n  </road>"
+    )
+
+
+def _link(kind: str, element: str, element_id: int, contact: str | None = None) -> str:
+    contact_xml = f' contactPoint="{contact}"' if contact else ""
+    return f'<{kind} elementType="{element}" elementId="{element_id}"{contact_xml}/>'
+
+
+def _two_way_road(
+    road_id: int,
+    start: tuple[float, float, float],
+    pieces: list[tuple[float, float]],
+    pred: tuple[str, int, str | None],
+    succ: tuple[str, int, str | None],
+) -> str:
+    """A road with lanes 1 and -1; lane-level links only towards ordinary roads (junctions use their tables)."""
+    pred_lane = 1 if pred[0] == "road" else None
+    succ_lane = 1 if succ[0] == "road" else None
+    lanes = (_lane(1, pred_lane, succ_lane, "solid"), _lane(-1, pred_lane and -1, succ_lane and -1, "solid"))
+    return _road(road_id, -1, start, pieces, _link("predecessor", *pred) + _link("successor", *succ), lanes)
+
+
+def _junction(junction_id: int, spec: dict) -> tuple[list[str], str]:
+    """Connecting roads (every arm to every other arm) and the ``<junction>`` record of one T-junction."""
+    cx, cy = spec["centre"]
+    roads, links, road_id = [], [], spec["first_connecting_id"]
+    for (ax, ay), (in_road, in_contact) in spec["arms"].items():
+        for (bx, by), (out_road, out_contact) in spec["arms"].items():
+            if (ax, ay) == (bx, by):
+                continue
+            start = (cx + ARM_M * ax, cy + ARM_M * ay, math.atan2(-ay, -ax))
+            turn = (-ax) * by - (-ay) * bx  # cross(heading in, heading out): > 0 left turn, < 0 right turn
+            pieces = [(2 * ARM_M, 0.0)] if turn == 0 else [(ARM_M * HALF_PI, math.copysign(1 / ARM_M, turn))]
+            from_lane = 1 if in_contact == "start" else -1  # the lane driving into the junction
+            to_lane = -1 if out_contact == "start" else 1  # the lane driving away from it
+            link = _link("predecessor", "road", in_road, in_contact) + _link("successor", "road", out_road, out_contact)
+            roads.append(_road(road_id, junction_id, start, pieces, link, (None, _lane(-1, from_lane, to_lane, "none"))))
+            links.append(
+                f'    <connection id="{len(links)}" incomingRoad="{in_road}" connectingRoad="{road_id}" '
+                f'contactPoint="start"><laneLink from="{from_lane}" to="-1"/></connection>'
+            )
+            road_id += 1
+    record = f'  <junction id="{junction_id}" name="junction{junction_id}">\n' + "\n".join(links) + "\n  </junction>"
+    return roads, record
+
+
+def build_xodr() -> str:
+    """Return the OpenDRIVE text of the mini town."""
+    quarter, right = R_LOOP * HALF_PI, -1 / R_LOOP
+    roads = [
+        _two_way_road(
+            1,
+            (-10, 0, math.pi),
+            [(40, 0), (quarter, right), (40, 0), (quarter, right), (50, 0)],
+            ("junction", 1000, None),
+            ("road", 3, "start"),
+        ),
+        _two_way_road(
+            3,
+            (0, 80, 0.0),
+            [(50, 0), (quarter, right), (40, 0), (quarter, right), (40, 0)],
+            ("road", 1, "end"),
+            ("junction", 1000, None),
+        ),
+        _two_way_road(2, (0, -10, -HALF_PI), [(40, 0)], ("junction", 1000, None), ("junction", 2000, None)),
+        _two_way_road(
+            4,
+            (10, -60, 0.0),
+            [(30, 0), (quarter, right), (20, 0), (quarter, right), (40, 0)],
+            ("junction", 2000, None),
+            ("road", 5, "start"),
+        ),
+        _two_way_road(
+            5,
+            (0, -120, math.pi),
+            [(40, 0), (quarter, right), (20, 0), (quarter, right), (30, 0)],
+            ("road", 4, "end"),
+            ("junction", 2000, None),
+        ),
+    ]
+    records = []
+    for junction_id, spec in JUNCTIONS.items():
+        connecting, record = _junction(junction_id, spec)
+        roads += connecting
+        records.append(record)
+    header = (
+        '<?xml version="1.0" standalone="yes"?>\n<OpenDRIVE>\n'
+        '  <header revMajor="1" revMinor="4" name="mini_town" version="1.00" '
+        'north="100" south="-140" east="80" west="-80">\n'
+        "    <geoReference><![CDATA[+proj=tmerc +lat_0=0 +lon_0=0]]></geoReference>\n  </header>\n"
+    )
+    return header + "\n".join(roads) + "\n" + "\n".join(records) + "\n</OpenDRIVE>\n"
+
+
+if __name__ == "__main__":
+    target = Path(__file__).with_name("mini_town.xodr")
+    target.write_text(build_xodr())
+    print(f"wrote {target}")
