@@ -24,7 +24,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer, DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, unwrap_vec_wrapper
 
 #: The frame ring has ``buffer_size // SLACK_DIVISOR`` spare slots per env for episode-boundary frames.
 SLACK_DIVISOR = 64
@@ -429,3 +429,19 @@ class DictFrameStackReplayBuffer(_FrameStackBuffer, DictReplayBuffer):
         )
         keys = list(self.observation_space.spaces)
         return DictReplayBufferSamples({k: obs_t[k] for k in keys}, actions, {k: next_t[k] for k in keys}, dones, rewards)
+
+
+def detect_frame_stack(env: VecEnv) -> int | None:
+    """How many frames the env's image observation stacks, if it says so.
+
+    :param env: the (wrapped) vectorised env
+    :return: ``n_stack`` of a VecFrameStack wrapper, else the envs' ``frame_stack`` attribute, else None
+    """
+    stacker = unwrap_vec_wrapper(env, VecFrameStack)
+    if stacker is not None:
+        return int(stacker.stacked_obs.n_stack)
+    try:
+        values = env.get_attr("frame_stack")
+    except AttributeError:
+        return None
+    return int(values[0]) if values and values[0] is not None else None

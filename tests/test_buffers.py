@@ -339,3 +339,21 @@ def test_td3_trains_with_the_buffer_as_replay_buffer_class(dict_obs: bool) -> No
     model.learn(80)
     assert isinstance(model.replay_buffer, buffer_class) and model.replay_buffer.pos == 40
     assert model._n_updates > 0
+
+
+def test_td3cnn_picks_the_frame_buffer_for_vec_frame_stack():
+    from stable_baselines3.common.envs import FakeImageEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+
+    from sb3_carla_td3.td3_cnn import TD3CNN
+
+    def make() -> FakeImageEnv:
+        return FakeImageEnv(screen_height=36, screen_width=36, n_channels=1, discrete=False)
+
+    env = VecFrameStack(DummyVecEnv([make]), 4)
+    tiny = {"net_arch": [8], "features_extractor_kwargs": {"cnn": "nature", "rnn": None, "cnn_features": 8}}
+    model = TD3CNN("CnnPolicy", env, buffer_size=100, learning_starts=10, batch_size=4, policy_kwargs=tiny)
+    assert isinstance(model.replay_buffer, FrameStackReplayBuffer) and model.replay_buffer.frames == 4
+    model.learn(20)  # transitions from VecFrameStack pass the buffer's frame-stack check
+    sb3 = TD3CNN("CnnPolicy", env, buffer_size=100, replay_buffer="sb3", policy_kwargs=tiny)
+    assert type(sb3.replay_buffer).__name__ == "ReplayBuffer"

@@ -1,0 +1,451 @@
+"""Typed run configuration: YAML files with the sections ``env``, ``encoder``, ``td3``, ``run`` and ``monitor``.
+
+Every key of every section must be a field of that section's dataclass (or a documented alias of one): an unknown
+key raises :class:`ConfigError` naming the file, the key and the closest valid key, so no setting can be silently
+ignored as in the system this library replaces. Types and ranges are checked when the file is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import types
+import typing
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import yaml
+from stable_baselines3.common.noise import NormalActionNoise
+
+from sb3_carla_td3.errors import ConfigError
+
+#: The environments a config's ``env.name`` can name, and the dataclass holding their options.
+ENV_CONFIG_CLASSES: dict[str, str] = {
+    "carracing": "sb3_carla_td3.envs.carracing:CarRacingConfig",
+    "carla": "sb3_carla_td3.envs.carla_config:CarlaConfig",
+}
+
+
+def _check(condition: bool, name: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{name}={value!r} is out of range: allowed {allowed}")
+
+
+@dataclass
+class TD3Config:
+    """The ``td3:`` section: TD3CNN's constructor arguments. SB3 names, plus the seed plan's aliases (``ALIASES``)."""
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "start_steps": "learning_starts",
+        "policy_noise": "target_policy_noise",
+        "noise_clip": "target_noise_clip",
+        "discount": "gamma",
+        "policy_freq": "policy_delay",
+    }
+
+    learning_rate: float = 1e-3
+    """Default learning rate of both optimizers (Adam)."""
+    actor_lr: float | None = None
+    """Actor (head + CNN) learning rate; null: learning_rate."""
+    critic_lr: float | None = None
+    """Critic (heads + CNN) learning rate; null: learning_rate."""
+    batch_size: int = 100
+    """Minibatch size per gradient step."""
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity, in transitions."""
+    learning_starts: int = 1000
+    """Env steps of uniform random actions before the first update (alias: start_steps)."""
+    gamma: float = 0.99
+    """Discount factor in (0, 1] (alias: discount)."""
+    tau: float = 0.005
+    """Polyak coefficient of the targets, encoders included, in (0, 1]."""
+    policy_delay: int = 2
+    """Critic updates per actor/target update (alias: policy_freq)."""
+    target_policy_noise: float = 0.2
+    """Std of the target-action smoothing noise (alias: policy_noise)."""
+    target_noise_clip: float = 0.5
+    """Clip of the smoothing noise (alias: noise_clip)."""
+    exploration_noise: float = 0.1
+    """Std of the Gaussian exploration noise added to actions in [-1, 1]; 0 disables it."""
+    train_freq: int = 1
+    """Env steps between training calls."""
+    gradient_steps: int = 1
+    """Gradient steps per training call (-1: as many as env steps collected)."""
+    actor_grad_clip: float | None = 1.0
+    """Limit on the global L2 norm of all actor gradients (head + CNN); null disables clipping."""
+    critic_grad_clip: float | None = 10.0
+    """Limit on the global L2 norm of all critic gradients (heads + CNN); null disables clipping."""
+    clip_check: str = "raise"
+    """What a post-clip norm above its limit does: raise, warn or off."""
+    nonfinite_grads: str = "skip"
+    """What a NaN/inf loss or gradient does: skip the step (logged) or raise."""
+    replay_buffer: str = "auto"
+    """auto (frame-deduplicating buffer for frame stacks), frame_stack, or sb3 (SB3's default buffer)."""
+
+    def __post_init__(self) -> None:
+        for name in ("learning_rate", "actor_lr", "critic_lr"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(value > 0, name, value, "> 0")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.buffer_size >= self.batch_size, "buffer_size", self.buffer_size, f">= batch_size ({self.batch_size})")
+        _check(self.learning_starts >= 0, "learning_starts", self.learning_starts, ">= 0")
+        _check(0 < self.gamma <= 1, "gamma", self.gamma, "(0, 1]")
+        _check(0 < self.tau <= 1, "tau", self.tau, "(0, 1]")
+        _check(self.policy_delay >= 1, "policy_delay", self.policy_delay, ">= 1")
+        _check(self.target_policy_noise >= 0, "target_policy_noise", self.target_policy_noise, ">= 0")
+        _check(self.target_noise_clip >= 0, "target_noise_clip", self.target_noise_clip, ">= 0")
+        _check(self.exploration_noise >= 0, "exploration_noise", self.exploration_noise, ">= 0")
+        _check(self.train_freq >= 1, "train_freq", self.train_freq, ">= 1")
+        _check(self.gradient_steps >= 1 or self.gradient_steps == -1, "gradient_steps", self.gradient_steps, ">= 1 or -1")
+        for name in ("actor_grad_clip", "critic_grad_clip"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(value > 0, name, value, "> 0, or null to disable clipping")
+        _check(self.clip_check in ("raise", "warn", "off"), "clip_check", self.clip_check, "raise, warn, off")
+        _check(self.nonfinite_grads in ("skip", "raise"), "nonfinite_grads", self.nonfinite_grads, "skip, raise")
+        buffers = ("auto", "frame_stack", "sb3")
+        _check(self.replay_buffer in buffers, "replay_buffer", self.replay_buffer, ", ".join(buffers))
+
+
+@dataclass
+class EncoderConfig:
+    """The ``encoder:`` section: the CnnGruExtractor and network sizes."""
+
+    mode: str = "separate"
+    """separate (actor and critic own an encoder each, SB3 layout) or shared (one encoder trained by the critic)."""
+    cnn: str = "pooled"
+    """pooled (the seed's Task 6 NatureCNN with max-pooling) or nature (DQN NatureCNN, far cheaper)."""
+    rnn: str | None = "gru"
+    """gru, lstm, or null (one CNN over the stacked channels)."""
+    cnn_features: int = 512
+    """Output size of the per-frame CNN."""
+    rnn_hidden: int = 48
+    """Hidden size of the GRU/LSTM over frames."""
+    frames: int | None = None
+    """Frames in the image stack; null: taken from the environment."""
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden layers of the actor and critic heads."""
+    vector_mlp: list[int] | None = None
+    """Hidden layers applied to the vector observation before concatenation; null: concatenate as is."""
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("separate", "shared"), "mode", self.mode, "separate, shared")
+        _check(self.cnn in ("pooled", "nature"), "cnn", self.cnn, "pooled, nature")
+        _check(self.rnn in ("gru", "lstm", None), "rnn", self.rnn, "gru, lstm, null")
+        _check(self.cnn_features >= 1, "cnn_features", self.cnn_features, ">= 1")
+        _check(self.rnn_hidden >= 1, "rnn_hidden", self.rnn_hidden, ">= 1")
+        _check(self.frames is None or self.frames >= 1, "frames", self.frames, ">= 1 or null")
+        _check(all(n >= 1 for n in self.net_arch), "net_arch", self.net_arch, "positive layer sizes")
+
+
+@dataclass
+class RunSettings:
+    """The ``run:`` section: budget, seed, device, evaluation, checkpoints and output."""
+
+    total_timesteps: int = 5000
+    """Env steps to train for."""
+    seed: int = 0
+    """Seed of the env, the networks and the exploration noise."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+    eval_freq: int = 5000
+    """Env steps between evaluations; 0 disables them."""
+    eval_episodes: int = 5
+    """Episodes per evaluation."""
+    checkpoint_freq: int = 10000
+    """Env steps between checkpoints; 0 disables them."""
+    save_replay_buffer: bool = False
+    """Save the replay buffer with each checkpoint (needed to resume exactly; large)."""
+    output_dir: str = "runs"
+    """Parent directory of the run directories."""
+    log_interval: int = 1
+    """Episodes between logger dumps."""
+    progress_bar: bool = True
+    """Show a progress bar with ETA."""
+
+    def __post_init__(self) -> None:
+        _check(self.total_timesteps >= 1, "total_timesteps", self.total_timesteps, ">= 1")
+        known_device = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        _check(known_device, "device", self.device, "auto, cpu, cuda, cuda:N")
+        for name in ("eval_freq", "checkpoint_freq"):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+        _check(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, ">= 1")
+        _check(self.log_interval >= 1, "log_interval", self.log_interval, ">= 1")
+
+
+@dataclass
+class MonitorConfig:
+    """The ``monitor:`` section: thresholds of the training-health callbacks (see sb3_carla_td3.callbacks)."""
+
+    q_bound_margin: float = 1.5
+    """Q is divergent above margin * max|r| / (1 - gamma)."""
+    q_check_freq: int = 500
+    """Env steps between Q checks for algorithms without last_train_stats."""
+    stop_on_divergence: bool = False
+    """Stop training (after a checkpoint) when Q diverges."""
+    collapse_fraction: float = 0.3
+    """Episode-length collapse: rolling mean below this fraction of the baseline..."""
+    collapse_patience: int = 3
+    """...for this many consecutive episode checks."""
+    collapse_window: int = 10
+    """Episodes in the rolling mean."""
+    baseline_episodes: int = 10
+    """Episodes after learning starts that define the baseline length."""
+    stop_on_collapse: bool = False
+    """Stop training (after a checkpoint) on an episode-length collapse."""
+    reward_window: int = 20
+    """Episodes in the reward-trend regression."""
+
+    def __post_init__(self) -> None:
+        _check(self.q_bound_margin >= 1, "q_bound_margin", self.q_bound_margin, ">= 1")
+        _check(0 < self.collapse_fraction < 1, "collapse_fraction", self.collapse_fraction, "(0, 1)")
+        for name in ("q_check_freq", "collapse_patience", "collapse_window", "baseline_episodes", "reward_window"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+
+
+@dataclass
+class EnvSection:
+    """The ``env:`` section: ``name`` picks the environment, every other key is a field of its options dataclass."""
+
+    name: str = "carracing"
+    """carracing (gymnasium CarRacing-v3, the embedded default) or carla."""
+    options: Any = None
+    """The environment's options dataclass (CarRacingConfig or CarlaConfig); null: its defaults."""
+
+    def __post_init__(self) -> None:
+        _check(self.name in ENV_CONFIG_CLASSES, "name", self.name, ", ".join(ENV_CONFIG_CLASSES))
+        if self.options is None:
+            self.options = env_options_class(self.name)()
+
+
+@dataclass
+class RunConfig:
+    """A whole run: one dataclass per YAML section, plus the file it came from."""
+
+    env: EnvSection = field(default_factory=EnvSection)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    td3: TD3Config = field(default_factory=TD3Config)
+    run: RunSettings = field(default_factory=RunSettings)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    source: str | None = None
+    """The YAML file this config was loaded from (None when built in code)."""
+
+    def __post_init__(self) -> None:
+        if self.td3.learning_starts >= self.run.total_timesteps:
+            warnings.warn(
+                f"td3.learning_starts={self.td3.learning_starts} >= run.total_timesteps={self.run.total_timesteps}: "
+                "no gradient update will happen in this run",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def model_kwargs(self, n_actions: int) -> dict[str, Any]:
+        """TD3CNN keyword arguments for this config: every ``td3`` and ``encoder`` field is read here.
+
+        :param n_actions: action dimension, for the exploration noise
+        :return: keyword arguments for ``TD3CNN(policy, env, **kwargs)``
+        """
+        td3, encoder = self.td3, self.encoder
+        noise = None
+        if td3.exploration_noise > 0:
+            noise = NormalActionNoise(np.zeros(n_actions), np.full(n_actions, td3.exploration_noise))
+        extractor_kwargs: dict[str, Any] = {
+            "cnn": encoder.cnn,
+            "rnn": encoder.rnn,
+            "cnn_features": encoder.cnn_features,
+            "rnn_hidden": encoder.rnn_hidden,
+            "vector_mlp": encoder.vector_mlp,
+        }
+        if encoder.frames is not None:
+            extractor_kwargs["frames"] = encoder.frames
+        return {
+            "learning_rate": td3.learning_rate,
+            "actor_lr": td3.actor_lr,
+            "critic_lr": td3.critic_lr,
+            "buffer_size": td3.buffer_size,
+            "learning_starts": td3.learning_starts,
+            "batch_size": td3.batch_size,
+            "tau": td3.tau,
+            "gamma": td3.gamma,
+            "train_freq": td3.train_freq,
+            "gradient_steps": td3.gradient_steps,
+            "action_noise": noise,
+            "policy_delay": td3.policy_delay,
+            "target_policy_noise": td3.target_policy_noise,
+            "target_noise_clip": td3.target_noise_clip,
+            "actor_grad_clip": td3.actor_grad_clip,
+            "critic_grad_clip": td3.critic_grad_clip,
+            "clip_check": td3.clip_check,
+            "nonfinite_grads": td3.nonfinite_grads,
+            "encoder": encoder.mode,
+            "replay_buffer": td3.replay_buffer,
+            "policy_kwargs": {"net_arch": list(encoder.net_arch), "features_extractor_kwargs": extractor_kwargs},
+            "seed": self.run.seed,
+            "device": self.run.device,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config as plain YAML-ready data (env options flattened next to ``name``)."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in ("encoder", "td3", "run", "monitor")}
+        data = {"env": {"name": self.env.name, **dataclasses.asdict(self.env.options)}, **data}
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        """Write the effective config as YAML.
+
+        :param path: destination file
+        :return: the path written
+        """
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+def env_options_class(name: str) -> type:
+    """The options dataclass of environment ``name`` (imported lazily; neither imports ``carla``).
+
+    :param name: a key of ``ENV_CONFIG_CLASSES``
+    :return: the dataclass type
+    """
+    module, _, attr = ENV_CONFIG_CLASSES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field's type hint, converting only lossless cases (int -> float, '1e-3' -> float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
+        return build_dataclass(hint, value, where)
+    if hint is Any:
+        return value
+    return _coerce_scalar(value, hint, where)
+
+
+def _coerce_scalar(value: Any, hint: type, where: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # PyYAML reads 1e-3 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+def build_dataclass(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking every type.
+
+    :param cls: the dataclass; its optional ``ALIASES`` class attribute maps alternative key names to fields
+    :param data: the mapping read from YAML
+    :param where: location prefix for messages, e.g. ``"configs/x.yaml: td3"``
+    :return: the instance (its ``__post_init__`` checks ranges)
+    :raises ConfigError: naming the location, the key and the closest valid key
+    """
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    aliases: dict[str, str] = getattr(cls, "ALIASES", {})
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(key, key)
+        if name not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}{_closest(str(key), valid + list(aliases))}")
+        if name in kwargs:
+            raise ConfigError(f"{where}: {key!r} and its alias both set {name!r}; keep one")
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+SECTIONS: dict[str, type] = {"encoder": EncoderConfig, "td3": TD3Config, "run": RunSettings, "monitor": MonitorConfig}
+
+
+def config_from_dict(data: Mapping[str, Any] | None, source: str = "<dict>") -> RunConfig:
+    """Build a :class:`RunConfig` from already-parsed YAML data.
+
+    :param data: mapping with any of the sections env, encoder, td3, run, monitor
+    :param source: name of the origin, used in messages
+    :return: the checked config
+    """
+    data = dict(data or {})
+    valid = ["env", *SECTIONS]
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown section {key!r}{_closest(str(key), valid)}")
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: section {key!r} must be a mapping, got {value!r}")
+    env_data = dict(data.get("env") or {})
+    name = env_data.pop("name", "carracing")
+    if name not in ENV_CONFIG_CLASSES:
+        raise ConfigError(f"{source}: env.name={name!r} is not one of {', '.join(ENV_CONFIG_CLASSES)}")
+    options = build_dataclass(env_options_class(name), env_data, f"{source}: env")
+    sections["env"] = EnvSection(name=name, options=options)
+    for key, cls in SECTIONS.items():
+        sections[key] = build_dataclass(cls, data.get(key) or {}, f"{source}: {key}")
+    return RunConfig(**sections, source=source)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Load and check a run config YAML file.
+
+    :param path: the YAML file
+    :return: the checked config
+    :raises ConfigError: for a missing file, invalid YAML, unknown keys, wrong types or out-of-range values
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    config = config_from_dict(data, source=str(path))
+    route = getattr(config.env.options, "route", None)
+    if route is not None and route.waypoint_file and not Path(route.waypoint_file).is_absolute():
+        # A waypoint file named in a config is relative to that config, not to the working directory.
+        route.waypoint_file = str((path.parent / route.waypoint_file).resolve())
+    return config

@@ -1,0 +1,144 @@
+"""TD3CNN policies: SB3's TD3Policy with the pooled NatureCNN + GRU encoder and ``net_arch=[256, 256]`` as defaults.
+
+The wiring is SB3's ``share_features_extractor=False`` layout: actor, critic, actor_target and critic_target each own
+an encoder copy, the targets are Polyak-updated with their heads, and ``critic.q1_forward`` encodes the raw
+observation with the critic's own encoder, so the actor loss never feeds actor-encoder features to a critic head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
+from stable_baselines3.td3.policies import TD3Policy
+
+from sb3_carla_td3.extractors import CnnGruExtractor
+
+DEFAULT_NET_ARCH = (256, 256)
+
+
+def default_frames(observation_space: spaces.Space, image_key: str = "image") -> int:
+    """Guess how many frames a channel-first image observation stacks: 4 when the channels divide by 4, else 1.
+
+    Pass ``features_extractor_kwargs=dict(frames=N)`` to override the guess.
+
+    :param observation_space: a Box image space or a Dict space holding one under ``image_key``
+    :param image_key: the Dict key of the image
+    :return: the number of frames
+    """
+    space = observation_space[image_key] if isinstance(observation_space, spaces.Dict) else observation_space
+    channels = space.shape[0] if isinstance(space, spaces.Box) and len(space.shape) == 3 else 1
+    return 4 if channels % 4 == 0 else 1
+
+
+class CnnPolicy(TD3Policy):
+    """TD3 policy for image (Box) observations; see :class:`stable_baselines3.td3.policies.TD3Policy` for the arguments.
+
+    Only the defaults differ: ``features_extractor_class=CnnGruExtractor`` (pooled NatureCNN + GRU-48, the frame
+    count guessed by :func:`default_frames`) and ``net_arch=[256, 256]`` (SB3 would give a custom extractor
+    [400, 300]). ``share_features_extractor=True`` is refused: it lets the actor loss alone train the encoder.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Any,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if share_features_extractor:
+            raise ValueError(
+                "share_features_extractor=True is not supported by TD3CNN: SB3's TD3 then trains the shared encoder "
+                "with the actor loss only. Use TD3CNN(..., encoder='shared') for one critic-trained encoder."
+            )
+        if features_extractor_class is None:
+            features_extractor_class = CnnGruExtractor if _has_image(observation_space) else FlattenExtractor
+        features_extractor_kwargs = dict(features_extractor_kwargs or {})
+        if features_extractor_class is CnnGruExtractor:
+            image_key = features_extractor_kwargs.get("image_key", "image")
+            features_extractor_kwargs.setdefault("frames", default_frames(observation_space, image_key))
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=list(DEFAULT_NET_ARCH) if net_arch is None else net_arch,
+            features_extractor_class=features_extractor_class,
+            features_extractor_kwargs=features_extractor_kwargs,
+            share_features_extractor=False,
+            **kwargs,
+        )
+
+
+class MultiInputPolicy(CnnPolicy):
+    """:class:`CnnPolicy` for Dict observations (image under ``"image"`` plus vector keys); same defaults."""
+
+
+def _has_image(observation_space: spaces.Space) -> bool:
+    if isinstance(observation_space, spaces.Dict):
+        return any(isinstance(s, spaces.Box) and len(s.shape) == 3 for s in observation_space.spaces.values())
+    return isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 3
+
+
+class SharedEncoderPolicy(CnnPolicy):
+    """One encoder trained by the critic loss only; the actor reads detached features (SAC-AE, DrQ, DrQ-v2 practice).
+
+    ``encoder`` turns observations into features; ``actor``, ``critic`` and their targets are heads on those features
+    (their own features extractor is a parameter-free flatten). The critic optimizer steps ``encoder`` with the
+    q-networks, the actor optimizer steps only the actor head, and ``encoder_target`` is a Polyak copy that encodes
+    next observations for the TD target. Arguments as :class:`CnnPolicy`.
+    """
+
+    encoder: BaseFeaturesExtractor
+    encoder_target: BaseFeaturesExtractor
+
+    def _build(self, lr_schedule: Any) -> None:
+        self.encoder = self.make_features_extractor()
+        self.encoder_target = self.make_features_extractor()
+        self.encoder_target.load_state_dict(self.encoder.state_dict())
+        feature_space = spaces.Box(-np.inf, np.inf, (self.encoder.features_dim,), np.float32)
+        for kwargs in (self.actor_kwargs, self.critic_kwargs):
+            kwargs["observation_space"] = feature_space
+        heads = {}
+        for name, make in (("actor", self.make_actor), ("actor_target", self.make_actor)):
+            heads[name] = make(features_extractor=FlattenExtractor(feature_space))
+        for name, make in (("critic", self.make_critic), ("critic_target", self.make_critic)):
+            heads[name] = make(features_extractor=FlattenExtractor(feature_space))
+        self.actor, self.actor_target = heads["actor"], heads["actor_target"]
+        self.critic, self.critic_target = heads["critic"], heads["critic_target"]
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.encoder.to(self.device)
+        self.encoder_target.to(self.device)
+        # Encoder ownership, in one line: the critic optimizer steps the encoder, the actor optimizer never does.
+        self.actor.optimizer = self.optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        critic_params = [*self.encoder.parameters(), *self.critic.parameters()]
+        self.critic.optimizer = self.optimizer_class(critic_params, lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.actor_target.set_training_mode(False)
+        self.critic_target.set_training_mode(False)
+        self.encoder_target.train(False)
+
+    def encode(self, observation: Any) -> th.Tensor:
+        """Features of the online encoder, ``(batch, *obs_shape) -> (batch, features_dim)``, with gradient."""
+        return self.extract_features(observation, self.encoder)
+
+    def encode_target(self, observation: Any) -> th.Tensor:
+        """Features of the Polyak target encoder, for next observations in the TD target."""
+        return self.extract_features(observation, self.encoder_target)
+
+    def _predict(self, observation: Any, deterministic: bool = False) -> th.Tensor:
+        return self.actor(self.encode(observation))
+
+    def set_training_mode(self, mode: bool) -> None:
+        super().set_training_mode(mode)
+        self.encoder.train(mode)
+
+
+class SharedEncoderMultiInputPolicy(SharedEncoderPolicy):
+    """:class:`SharedEncoderPolicy` for Dict observations (image under ``"image"`` plus vector keys)."""

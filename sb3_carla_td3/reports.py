@@ -1,0 +1,179 @@
+"""Reports read back from a built model: parameter counts per component and effective hyperparameters.
+
+The values come from the model and its optimizers, never from the config that was meant to set them, so a setting
+that did not reach the code shows up as a deviation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from stable_baselines3.common.noise import NormalActionNoise
+from torch import nn
+
+from sb3_carla_td3.errors import ConfigError
+
+#: Fujimoto et al. 2018 (https://arxiv.org/abs/1802.09477), Table 3, with this library's clip limits.
+REFERENCES: dict[str, dict[str, Any]] = {
+    "td3_paper": {
+        "actor_lr": 1e-3,
+        "critic_lr": 1e-3,
+        "batch_size": 100,
+        "gamma": 0.99,
+        "tau": 0.005,
+        "target_policy_noise": 0.2,
+        "target_noise_clip": 0.5,
+        "policy_delay": 2,
+        "exploration_noise": 0.1,
+        "buffer_size": 1_000_000,
+        "actor_grad_clip": 1.0,
+        "critic_grad_clip": 10.0,
+        "weight_decay": 0.0,
+    },
+}
+
+
+def _count(params: Any) -> int:
+    return sum(p.numel() for p in params)
+
+
+@dataclass
+class Report:
+    """A titled table; ``str()`` renders it as Markdown, ``rows`` keeps the values.
+
+    :param title: heading line
+    :param headers: column titles
+    :param rows: one tuple of values per row
+    """
+
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+    def __str__(self) -> str:
+        cells = [[_fmt(v) for v in row] for row in self.rows]
+        lines = [self.title, "", "| " + " | ".join(self.headers) + " |", "|" + "|".join("---" for _ in self.headers) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Rows keyed by their first column, each a dict of the other columns."""
+        return {str(row[0]): dict(zip(self.headers[1:], row[1:], strict=True)) for row in self.rows}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def parameter_report(model: Any) -> Report:
+    """Per-component parameter counts of a TD3/TD3CNN model, and what each optimizer steps.
+
+    :param model: a TD3-family model with ``actor``, ``critic``, ``actor_target`` and ``critic_target``
+    :return: rows (component, parameters, stepped by)
+    """
+    actor_params, critic_params = model.actor.optimizer.param_groups, model.critic.optimizer.param_groups
+    actor_ids = {id(p) for g in actor_params for p in g["params"]}
+    critic_ids = {id(p) for g in critic_params for p in g["params"]}
+
+    def stepped_by(module: nn.Module) -> str:
+        ids = {id(p) for p in module.parameters()}
+        owners = [name for name, owned in (("actor optimizer", actor_ids), ("critic optimizer", critic_ids)) if ids & owned]
+        return " + ".join(owners) or "none (Polyak target)"
+
+    actor_cnn, critic_cnn = model.actor.features_extractor, model.critic.features_extractor
+    critic_heads = [p for name, p in model.critic.named_parameters() if not name.startswith("features_extractor.")]
+    shared = getattr(model.policy, "encoder", None)
+    if shared is not None:
+        encoder_target = model.policy.encoder_target
+        encoders = [
+            ("shared encoder", _count(shared.parameters()), stepped_by(shared)),
+            ("encoder target (copy)", _count(encoder_target.parameters()), stepped_by(encoder_target)),
+        ]
+    else:
+        encoders = [
+            ("actor CNN", _count(actor_cnn.parameters()), stepped_by(actor_cnn)),
+            ("critic CNN", _count(critic_cnn.parameters()), stepped_by(critic_cnn)),
+        ]
+    rows: list[tuple[Any, ...]] = [
+        *encoders,
+        ("actor head", _count(model.actor.mu.parameters()), stepped_by(model.actor.mu)),
+        ("critic heads", _count(critic_heads), "critic optimizer" if {id(p) for p in critic_heads} <= critic_ids else "NONE"),
+        ("actor target (copy)", _count(model.actor_target.parameters()), stepped_by(model.actor_target)),
+        ("critic target (copy)", _count(model.critic_target.parameters()), stepped_by(model.critic_target)),
+        ("actor optimizer total", _count(p for g in actor_params for p in g["params"]), ""),
+        ("critic optimizer total", _count(p for g in critic_params for p in g["params"]), ""),
+    ]
+    layout = "one critic-trained encoder, actor reads detached features" if shared is not None else "separate encoders"
+    title = f"Parameters ({layout})"
+    return Report(title, ("component", "parameters", "stepped by"), rows)
+
+
+def effective_hyperparameters(model: Any) -> dict[str, Any]:
+    """Hyperparameters as the built model and its optimizers hold them.
+
+    :param model: a TD3-family model
+    :return: name -> value
+    """
+    noise = model.action_noise
+    if noise is None:
+        exploration: Any = 0.0
+    elif isinstance(noise, NormalActionNoise):
+        sigmas = set(noise._sigma.tolist())
+        exploration = sigmas.pop() if len(sigmas) == 1 else noise._sigma.tolist()
+    else:
+        exploration = type(noise).__name__
+    decays = {g.get("weight_decay", 0.0) for opt in (model.actor.optimizer, model.critic.optimizer) for g in opt.param_groups}
+    return {
+        "actor_lr": model.actor.optimizer.param_groups[0]["lr"],
+        "critic_lr": model.critic.optimizer.param_groups[0]["lr"],
+        "batch_size": model.batch_size,
+        "gamma": model.gamma,
+        "tau": model.tau,
+        "target_policy_noise": model.target_policy_noise,
+        "target_noise_clip": model.target_noise_clip,
+        "policy_delay": model.policy_delay,
+        "exploration_noise": exploration,
+        "buffer_size": model.buffer_size,
+        "learning_starts": model.learning_starts,
+        "train_freq": f"{model.train_freq.frequency} {model.train_freq.unit.value}",
+        "gradient_steps": model.gradient_steps,
+        "actor_grad_clip": getattr(model, "actor_grad_clip", None),
+        "critic_grad_clip": getattr(model, "critic_grad_clip", None),
+        "weight_decay": decays.pop() if len(decays) == 1 else sorted(decays),
+    }
+
+
+def _same(value: Any, reference: Any) -> bool:
+    if isinstance(value, (int, float)) and isinstance(reference, (int, float)) and not isinstance(value, bool):
+        return abs(value - reference) <= 1e-12 * max(1.0, abs(reference))
+    return value == reference
+
+
+def hyperparameter_report(model: Any, reference: str = "td3_paper", strict: bool = False) -> Report:
+    """Compare the model's effective hyperparameters with a reference set.
+
+    :param model: a TD3-family model
+    :param reference: a key of ``REFERENCES``
+    :param strict: raise instead of reporting when a value deviates from the reference
+    :return: rows (name, effective value, reference value, status "ok" / "DIFFERS" / "-")
+    :raises ConfigError: in strict mode, listing every deviation
+    """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {sorted(REFERENCES)}, got {reference!r}")
+    expected = REFERENCES[reference]
+    rows = []
+    for name, value in effective_hyperparameters(model).items():
+        if name in expected:
+            rows.append((name, value, expected[name], "ok" if _same(value, expected[name]) else "DIFFERS"))
+        else:
+            rows.append((name, value, "-", "-"))
+    deviations = [f"{name}={value!r} (reference {ref!r})" for name, value, ref, status in rows if status == "DIFFERS"]
+    if strict and deviations:
+        raise ConfigError(f"hyperparameters deviate from {reference}: " + ", ".join(deviations))
+    return Report(f"Hyperparameters (read back from the model) vs {reference}", ("name", "value", reference, "status"), rows)

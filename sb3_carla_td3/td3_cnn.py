@@ -1,0 +1,403 @@
+"""TD3CNN: SB3's TD3 with per-side learning rates, verified joint gradient clipping and audited encoder wiring."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import TD3
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import FloatSchedule, polyak_update, update_learning_rate
+from stable_baselines3.td3.policies import MlpPolicy
+from torch.nn import functional as F
+
+from sb3_carla_td3.buffers import DictFrameStackReplayBuffer, FrameStackReplayBuffer, detect_frame_stack
+from sb3_carla_td3.errors import NonFiniteGradientError
+from sb3_carla_td3.gradients import (
+    CLIP_CHECKS,
+    OptimizedParams,
+    all_finite,
+    audit_optimizers,
+    check_clip,
+    clip_gradients,
+)
+from sb3_carla_td3.policies import (
+    CnnPolicy,
+    MultiInputPolicy,
+    SharedEncoderMultiInputPolicy,
+    SharedEncoderPolicy,
+    default_frames,
+)
+
+SelfTD3CNN = TypeVar("SelfTD3CNN", bound="TD3CNN")
+
+NONFINITE_MODES = ("skip", "raise")
+ENCODER_MODES = ("separate", "shared")
+REPLAY_BUFFERS = ("auto", "frame_stack", "sb3")
+SHARED_POLICIES: dict[str, type[BasePolicy]] = {
+    "CnnPolicy": SharedEncoderPolicy,
+    "MultiInputPolicy": SharedEncoderMultiInputPolicy,
+}
+#: Seconds per gradient step above which a CPU run with the pooled encoder gets a warning.
+SLOW_STEP_WARNING_S = 0.5
+
+
+class TD3CNN(TD3):
+    """Twin Delayed DDPG (Fujimoto et al. 2018, https://arxiv.org/abs/1802.09477) for camera images.
+
+    On top of SB3's TD3 it clips the actor (head + its CNN) and the critic (heads + their CNN) jointly, each by the
+    global L2 norm of exactly the gradients its optimizer steps, measures the norm again after clipping and
+    verifies it, skips non-finite updates, audits that every trainable parameter is stepped by exactly one
+    optimizer, and logs pre/post-clip norms, clip fractions and Q statistics on every ``train()`` call.
+    The other arguments are those of :class:`stable_baselines3.TD3`.
+
+    :param policy: "CnnPolicy" (Box image), "MultiInputPolicy" (Dict image + vectors), "MlpPolicy" or a policy class
+    :param env: the environment or its registered id
+    :param learning_rate: default learning rate (or schedule of the remaining progress, 1 -> 0) for both sides
+    :param buffer_size: replay buffer capacity in transitions
+    :param learning_starts: env steps of uniform random actions before any gradient update
+    :param batch_size: minibatch size of each gradient step
+    :param tau: Polyak coefficient of the target networks (encoders included), in (0, 1]
+    :param gamma: discount factor, in (0, 1]
+    :param train_freq: update every ``train_freq`` steps, or ``(n, "step" | "episode")``
+    :param gradient_steps: gradient steps per rollout (-1: as many as env steps collected)
+    :param action_noise: exploration noise added to the actor's action
+    :param replay_buffer_class: replay buffer class (None: SB3's choice)
+    :param replay_buffer_kwargs: keyword arguments of the replay buffer
+    :param optimize_memory_usage: SB3's memory-efficient buffer variant
+    :param n_steps: n-step returns (1: plain TD)
+    :param policy_delay: critic updates per actor and target update
+    :param target_policy_noise: std of the Gaussian smoothing noise on target actions
+    :param target_noise_clip: absolute clip of that noise
+    :param actor_lr: actor (head + CNN) learning rate or schedule; None: ``learning_rate``
+    :param critic_lr: critic (heads + CNN) learning rate or schedule; None: ``learning_rate``
+    :param actor_grad_clip: limit on the global L2 norm of all actor gradients; None disables clipping
+    :param critic_grad_clip: limit on the global L2 norm of all critic gradients; None disables clipping
+    :param clip_check: what happens when a post-clip norm exceeds its limit: "raise" (GradientClipError), "warn", "off"
+    :param nonfinite_grads: on a NaN/inf loss or gradient: "skip" that optimizer step (counted, logged) or "raise"
+    :param encoder: "separate" (SB3 layout: actor, critic and both targets own an encoder; joint clipping per side) or
+        "shared" (one encoder trained by the critic loss only, the actor reads detached features, a Polyak target
+        encoder encodes next observations; about half the encoder work)
+    :param replay_buffer: "auto" (store each frame once when the env is a frame stack: VecFrameStack or an env with a
+        ``frame_stack`` attribute), "frame_stack" (always; ``frames`` from the policy's extractor) or "sb3" (SB3's
+        default); ignored when ``replay_buffer_class`` is given
+    :param stats_window_size: episodes averaged in the rollout logs
+    :param tensorboard_log: TensorBoard directory (None: none)
+    :param policy_kwargs: policy keyword arguments (``features_extractor_kwargs``, ``net_arch``, ...)
+    :param verbose: 0 silent, 1 info (prints the parameter report), 2 debug
+    :param seed: random seed
+    :param device: "auto", "cpu" or "cuda"
+    :param _init_setup_model: build the networks now
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 100,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        action_noise: ActionNoise | None = None,
+        replay_buffer_class: type | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        policy_delay: int = 2,
+        target_policy_noise: float = 0.2,
+        target_noise_clip: float = 0.5,
+        actor_lr: float | Schedule | None = None,
+        critic_lr: float | Schedule | None = None,
+        actor_grad_clip: float | None = 1.0,
+        critic_grad_clip: float | None = 10.0,
+        clip_check: str = "raise",
+        nonfinite_grads: str = "skip",
+        encoder: str = "separate",
+        replay_buffer: str = "auto",
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        for name, limit in (("actor_grad_clip", actor_grad_clip), ("critic_grad_clip", critic_grad_clip)):
+            if limit is not None and not (isinstance(limit, (int, float)) and limit > 0 and np.isfinite(limit)):
+                raise ValueError(f"{name} must be a positive finite float or None (no clipping), got {limit!r}")
+        if clip_check not in CLIP_CHECKS:
+            raise ValueError(f"clip_check must be one of {CLIP_CHECKS}, got {clip_check!r}")
+        if nonfinite_grads not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite_grads must be one of {NONFINITE_MODES}, got {nonfinite_grads!r}")
+        if encoder not in ENCODER_MODES:
+            raise ValueError(f"encoder must be one of {ENCODER_MODES}, got {encoder!r}")
+        if replay_buffer not in REPLAY_BUFFERS:
+            raise ValueError(f"replay_buffer must be one of {REPLAY_BUFFERS}, got {replay_buffer!r}")
+        if encoder == "shared" and isinstance(policy, str):
+            if policy not in SHARED_POLICIES:
+                raise ValueError(f"encoder='shared' needs an image policy {sorted(SHARED_POLICIES)}, got {policy!r}")
+            policy = SHARED_POLICIES[policy]
+        for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr)):
+            if isinstance(lr, (int, float)) and not lr > 0:
+                raise ValueError(f"{name} must be a positive float, a schedule or None, got {lr!r}")
+        self.actor_lr = actor_lr
+        self.critic_lr = critic_lr
+        self.actor_grad_clip = None if actor_grad_clip is None else float(actor_grad_clip)
+        self.critic_grad_clip = None if critic_grad_clip is None else float(critic_grad_clip)
+        self.clip_check = clip_check
+        self.nonfinite_grads = nonfinite_grads
+        self.encoder = encoder
+        self.replay_buffer_choice = replay_buffer
+        self.nonfinite_skips = 0
+        self.last_train_stats: dict[str, float] = {}
+        self._slow_step_checked = False
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            action_noise=action_noise,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            policy_delay=policy_delay,
+            target_policy_noise=target_policy_noise,
+            target_noise_clip=target_noise_clip,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    def _setup_model(self) -> None:
+        self._choose_replay_buffer()
+        super()._setup_model()
+        self._shared = isinstance(self.policy, SharedEncoderPolicy)
+        self.actor_lr_schedule = FloatSchedule(self.learning_rate if self.actor_lr is None else self.actor_lr)
+        self.critic_lr_schedule = FloatSchedule(self.learning_rate if self.critic_lr is None else self.critic_lr)
+        update_learning_rate(self.actor.optimizer, self.actor_lr_schedule(1.0))
+        update_learning_rate(self.critic.optimizer, self.critic_lr_schedule(1.0))
+        critic_encoder = self.policy.encoder if self._shared else self.critic.features_extractor
+        self._actor_params = OptimizedParams.from_optimizer("actor", self.actor.optimizer, self.actor.features_extractor)
+        self._critic_params = OptimizedParams.from_optimizer("critic", self.critic.optimizer, critic_encoder)
+        self.audit_optimizers()
+        if self.verbose >= 1:
+            from sb3_carla_td3.reports import parameter_report
+
+            print(parameter_report(self))
+
+    def _choose_replay_buffer(self) -> None:
+        """Pick the frame-deduplicating buffer for frame-stacked image observations (unless a class was given)."""
+        if self.replay_buffer_class is not None or self.replay_buffer_choice == "sb3" or self.optimize_memory_usage:
+            return
+        frames = detect_frame_stack(self.env) if self.env is not None else None
+        if frames is None and self.replay_buffer_choice == "frame_stack":
+            extractor_kwargs = self.policy_kwargs.get("features_extractor_kwargs", {})
+            frames = extractor_kwargs.get("frames") or default_frames(self.observation_space)
+        if frames is None or frames < 2:
+            return
+        is_dict = isinstance(self.observation_space, spaces.Dict)
+        self.replay_buffer_class = DictFrameStackReplayBuffer if is_dict else FrameStackReplayBuffer
+        self.replay_buffer_kwargs = {"frames": frames, **self.replay_buffer_kwargs}
+
+    def audit_optimizers(self) -> None:
+        """Raise :class:`OptimizerCoverageError` unless each optimizer steps exactly its side's trainable parameters.
+
+        Every trainable actor parameter (its features extractor included) must be in the actor optimizer once, the
+        same for the critic, none in both, targets in none, and no third optimizer may exist on the model.
+        """
+        names = {id(p): name for name, p in self.policy.named_parameters()}
+        critic_params = list(self.critic.parameters())
+        if self._shared:
+            critic_params = list(self.policy.encoder.parameters()) + critic_params
+        audit_optimizers(
+            expected={
+                "actor": (self.actor.optimizer, list(self.actor.parameters())),
+                "critic": (self.critic.optimizer, critic_params),
+            },
+            named_parameters=names,
+            roots={"model": self, "policy": self.policy},
+        )
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        # Re-audit: an optimizer or parameter added after construction must not slip through unnoticed.
+        self.audit_optimizers()
+        return super()._setup_learn(*args, **kwargs)
+
+    def _update_learning_rates(self) -> None:
+        progress = self._current_progress_remaining
+        actor_lr, critic_lr = self.actor_lr_schedule(progress), self.critic_lr_schedule(progress)
+        update_learning_rate(self.actor.optimizer, actor_lr)
+        update_learning_rate(self.critic.optimizer, critic_lr)
+        self.logger.record("train/actor_learning_rate", actor_lr)
+        self.logger.record("train/critic_learning_rate", critic_lr)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rates()
+        started = time.perf_counter()
+        critic_updates: list[dict[str, float]] = []
+        actor_updates: list[dict[str, float]] = []
+        for _ in range(gradient_steps):
+            self._n_updates += 1
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+            obs, next_obs = replay_data.observations, replay_data.next_observations
+
+            with th.no_grad():
+                # Separate mode: target actor and critic encode next_obs with their own target encoders.
+                next_input = self.policy.encode_target(next_obs) if self._shared else next_obs
+                # Target policy smoothing: clipped Gaussian noise on the target actor's action.
+                noise = th.randn_like(replay_data.actions) * self.target_policy_noise
+                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+                next_actions = (self.actor_target(next_input) + noise).clamp(-1, 1)
+                # Clipped double Q: min over the target critics.
+                next_q = th.cat(self.critic_target(next_input, next_actions), dim=1)
+                min_next_q, _ = th.min(next_q, dim=1, keepdim=True)
+                target_q = replay_data.rewards + (1 - replay_data.dones) * discounts * min_next_q
+
+            obs_input = self.policy.encode(obs) if self._shared else obs
+            current_q = self.critic(obs_input, replay_data.actions)
+            critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
+            q_stats = {
+                "q1_mean": current_q[0].mean(),
+                "q_max": th.cat(current_q, dim=1).max(),
+                "target_q_mean": target_q.mean(),
+                "target_q_max": target_q.max(),
+            }
+            if len(current_q) > 1:
+                q_stats["q2_mean"] = current_q[1].mean()
+            # Critic norms are read right after the critic backward: the actor loss below deposits grads on qf0.
+            critic_updates.append(self._optimizer_step(self._critic_params, critic_loss, self.critic_grad_clip, q_stats))
+
+            if self._n_updates % self.policy_delay == 0:
+                # Separate: q1_forward re-encodes obs with the critic's own encoder, so critic heads only ever see
+                # critic features. Shared: actor and critic head read the critic-trained features, detached.
+                actor_input = obs_input.detach() if self._shared else obs
+                actor_q = self.critic.q1_forward(actor_input, self.actor(actor_input))
+                actor_loss = -actor_q.mean()
+                actor_q_stats = {"actor_q_mean": actor_q.mean()}
+                actor_updates.append(self._optimizer_step(self._actor_params, actor_loss, self.actor_grad_clip, actor_q_stats))
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+                if self._shared:
+                    polyak_update(self.policy.encoder.parameters(), self.policy.encoder_target.parameters(), self.tau)
+                # Copy running stats, see SB3 GH issue #996
+                polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
+                polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
+
+        self._record_train_stats({"critic": critic_updates, "actor": actor_updates})
+        elapsed = time.perf_counter() - started
+        self.last_train_stats["seconds_per_update"] = elapsed / max(gradient_steps, 1)
+        self._warn_if_slow(elapsed, gradient_steps)
+
+    def _optimizer_step(
+        self, params: OptimizedParams, loss: th.Tensor, max_norm: float | None, monitored: dict[str, th.Tensor]
+    ) -> dict[str, float]:
+        """Backward, measure, clip jointly, measure again, verify, then step (or skip a non-finite update).
+
+        :param params: the parameters this side's optimizer steps, split into encoder and head
+        :param loss: the scalar loss of this side
+        :param max_norm: the side's clip limit (None: no clipping)
+        :param monitored: extra 0-d tensors to read in the same host sync (Q statistics)
+        :return: per-update floats keyed without the ``train/`` prefix
+        """
+        side = params.name
+        optimizer = self.actor.optimizer if side == "actor" else self.critic.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms = clip_gradients(params, max_norm)
+        keys = [f"{side}_loss", f"{side}_cnn_grad_norm_pre", f"{side}_head_grad_norm_pre", f"{side}_grad_norm_pre"]
+        keys += [f"{side}_grad_norm_post", *monitored]
+        tensors = [loss.detach(), norms.encoder_pre, norms.head_pre, norms.pre, norms.post, *monitored.values()]
+        values = dict(zip(keys, th.stack([t.float().to(loss.device) for t in tensors]).tolist(), strict=True))
+
+        if not all_finite([values[f"{side}_loss"], values[f"{side}_grad_norm_pre"]]):
+            message = (
+                f"non-finite {side} update at gradient step {self._n_updates}: loss={values[f'{side}_loss']}, "
+                f"gradient norm={values[f'{side}_grad_norm_pre']}"
+            )
+            if self.nonfinite_grads == "raise":
+                raise NonFiniteGradientError(message + "; nonfinite_grads='raise'")
+            optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_skips += 1
+            message += "; the optimizer step was skipped (weights and optimizer state unchanged)"
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            return {f"{side}_skipped": 1.0}
+
+        check_clip(side, values[f"{side}_grad_norm_post"], max_norm, self.clip_check)
+        optimizer.step()
+        clipped = max_norm is not None and values[f"{side}_grad_norm_pre"] > max_norm
+        return values | {f"{side}_clipped": float(clipped)}
+
+    def _record_train_stats(self, updates: dict[str, list[dict[str, float]]]) -> None:
+        """Log the means over this call's updates per side and keep the latest values in ``last_train_stats``.
+
+        :param updates: per side ("critic", "actor"), one dict per update of this call (skipped updates included)
+        """
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        latest: dict[str, float] = {}
+        for side, side_updates in updates.items():
+            stepped = [u for u in side_updates if f"{side}_clipped" in u]
+            if not stepped:
+                continue
+            for key in stepped[-1]:
+                if key != f"{side}_clipped":
+                    self.logger.record(f"train/{key}", float(np.mean([u[key] for u in stepped])))
+                    latest[key] = stepped[-1][key]
+            latest[f"{side}_clip_fraction"] = float(np.mean([u[f"{side}_clipped"] for u in stepped]))
+            latest[f"{side}_grad_norm_post_max"] = max(u[f"{side}_grad_norm_post"] for u in stepped)
+            self.logger.record(f"train/{side}_clip_fraction", latest[f"{side}_clip_fraction"])
+        self.logger.record("train/nonfinite_skips", self.nonfinite_skips)
+        self.last_train_stats = self.last_train_stats | latest | {
+            "n_updates": float(self._n_updates),
+            "nonfinite_skips": float(self.nonfinite_skips),
+        }
+
+    def _warn_if_slow(self, seconds: float, gradient_steps: int) -> None:
+        """Warn once when CPU gradient steps with the pooled per-frame encoder are slow, naming the cheaper option."""
+        if self._slow_step_checked or gradient_steps < 1:
+            return
+        self._slow_step_checked = True
+        per_step = seconds / gradient_steps
+        extractor = self.critic.features_extractor
+        if self.device.type != "cpu" or getattr(extractor, "cnn_type", None) != "pooled" or per_step < SLOW_STEP_WARNING_S:
+            return
+        warnings.warn(
+            f"TD3CNN: one gradient step takes {per_step:.2f} s on CPU with the pooled per-frame CNN+GRU encoder "
+            f"(10,000 steps would take about {per_step * 1e4 / 3600:.1f} h). The stacked NatureCNN is about 50x "
+            "cheaper: policy_kwargs=dict(features_extractor_kwargs=dict(cnn='nature', rnn=None)), or train on a GPU.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        # Rebuilt from the optimizers by _setup_model() on load.
+        return [*super()._excluded_save_params(), "_actor_params", "_critic_params"]
+
