@@ -1,0 +1,94 @@
+"""TD3CNN's policies: the pooled CNN+GRU default, Dict observations end to end, the CPU cost warning."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from conftest import make_image_env
+from gymnasium import spaces
+
+from sb3_carla_td3 import TD3CNN, CnnGruExtractor
+from sb3_carla_td3 import td3_cnn as td3_cnn_module
+
+
+class TinyDictEnv(gym.Env):
+    """A 4-frame 36x36 image plus a 3-float vector; reward favours actions close to the vector's first entries."""
+
+    observation_space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (4, 36, 36), np.uint8),
+            "vector": spaces.Box(-1.0, 1.0, (3,), np.float32),
+        }
+    )
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        self.steps = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        self.steps += 1
+        obs = self.observation_space.sample()
+        reward = -float(np.abs(action - obs["vector"][:2]).sum())
+        return obs, reward, False, self.steps >= 20, {}
+
+
+def test_cnn_policy_defaults_to_pooled_cnn_gru_48_and_256_256_heads():
+    model = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, device="cpu")
+    extractor = model.critic.features_extractor
+    assert isinstance(extractor, CnnGruExtractor)
+    assert (extractor.cnn_type, extractor.rnn_type, extractor.frames) == ("pooled", "gru", 4)
+    assert extractor.rnn.hidden_size == 48 and extractor.features_dim == 48
+    assert model.policy.net_arch == [256, 256]
+    assert isinstance(model.actor.features_extractor, CnnGruExtractor)
+    assert model.actor.features_extractor is not extractor
+
+
+def test_policy_kwargs_override_the_defaults():
+    kwargs = {"net_arch": [32], "features_extractor_kwargs": {"cnn": "nature", "rnn": None, "cnn_features": 16}}
+    model = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, policy_kwargs=kwargs, device="cpu")
+    assert model.policy.net_arch == [32] and model.critic.features_extractor.rnn is None
+
+
+def test_share_features_extractor_is_refused_with_the_alternative():
+    with pytest.raises(ValueError, match="encoder='shared'"):
+        TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, policy_kwargs={"share_features_extractor": True})
+
+
+@pytest.mark.parametrize("encoder", ["separate", "shared"])
+def test_dict_observation_trains_end_to_end(encoder):
+    kwargs = {"net_arch": [16], "features_extractor_kwargs": {"cnn_features": 16, "rnn_hidden": 8, "vector_mlp": [8]}}
+    model = TD3CNN("MultiInputPolicy", TinyDictEnv(), buffer_size=200, learning_starts=30, batch_size=8,
+                   policy_kwargs=kwargs, encoder=encoder, seed=0, device="cpu")  # fmt: skip
+    critic_encoder = model.policy.encoder if encoder == "shared" else model.critic.features_extractor
+    assert isinstance(critic_encoder, CnnGruExtractor) and critic_encoder.vector_keys == ("vector",)
+    before = [p.detach().clone() for p in critic_encoder.parameters()]
+    model.learn(50)
+    after = list(critic_encoder.parameters())
+    assert all(not th.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert model.last_train_stats["critic_cnn_grad_norm_pre"] > 0
+
+
+def test_pooled_encoder_on_cpu_warns_once_with_the_measured_time(monkeypatch):
+    monkeypatch.setattr(td3_cnn_module, "SLOW_STEP_WARNING_S", 0.0)
+    kwargs = {"net_arch": [8], "features_extractor_kwargs": {"cnn_features": 8, "rnn_hidden": 4}}
+    model = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, learning_starts=20, batch_size=4,
+                   policy_kwargs=kwargs, device="cpu")  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=r"one gradient step takes \d+\.\d+ s on CPU .*cnn='nature'") as record:
+        model.learn(30)
+    assert sum("one gradient step takes" in str(w.message) for w in record) == 1
+
+
+def test_nature_encoder_gets_no_cost_warning(monkeypatch):
+    monkeypatch.setattr(td3_cnn_module, "SLOW_STEP_WARNING_S", 0.0)
+    kwargs = {"net_arch": [8], "features_extractor_kwargs": {"cnn": "nature", "rnn": None, "cnn_features": 8}}
+    model = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, learning_starts=20, batch_size=4,
+                   policy_kwargs=kwargs, device="cpu")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model.learn(30)
