@@ -154,6 +154,8 @@ class RunSettings:
     """Seed of the env, the networks and the exploration noise."""
     device: str = "auto"
     """auto, cpu or cuda."""
+    threads: int | None = None
+    """torch CPU threads (null: torch's default, one per core); 1 avoids OpenMP thrashing on a busy machine."""
     eval_freq: int = 5000
     """Env steps between evaluations; 0 disables them."""
     eval_episodes: int = 5
@@ -176,37 +178,56 @@ class RunSettings:
         for name in ("eval_freq", "checkpoint_freq"):
             _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
         _check(self.eval_episodes >= 1, "eval_episodes", self.eval_episodes, ">= 1")
+        _check(self.threads is None or self.threads >= 1, "threads", self.threads, ">= 1 or null")
         _check(self.log_interval >= 1, "log_interval", self.log_interval, ">= 1")
 
 
 @dataclass
 class MonitorConfig:
-    """The ``monitor:`` section: thresholds of the training-health callbacks (see sb3_carla_td3.callbacks)."""
+    """The ``monitor:`` section: the training-health callbacks' settings (sb3_carla_td3.callbacks, same defaults)."""
 
     q_bound_margin: float = 1.5
-    """Q is divergent above margin * max|r| / (1 - gamma)."""
-    q_check_freq: int = 500
-    """Env steps between Q checks for algorithms without last_train_stats."""
+    """Q diverges above margin * max|r| / (1 - gamma) + q_atol."""
+    q_atol: float = 1.0
+    """Absolute slack of the Q bound, so tiny or zero rewards give no false alarm."""
+    q_growth_factor: float | None = 10.0
+    """Q diverges when it grows more than this factor within 5 checks (above the bound's scale); null: off."""
+    q_check_freq: int = 1000
+    """Env steps between Q checks for algorithms without last_train_stats (TD3CNN is checked every train call)."""
+    q_samples: int = 256
+    """Replay samples scored per Q check (algorithms without last_train_stats)."""
     stop_on_divergence: bool = False
     """Stop training (after a checkpoint) when Q diverges."""
+    stop_on_clip_violation: bool = False
+    """Stop training (after a checkpoint) when a post-clip norm exceeds its limit."""
     collapse_fraction: float = 0.3
     """Episode-length collapse: rolling mean below this fraction of the baseline..."""
-    collapse_patience: int = 3
+    collapse_patience: int = 5
     """...for this many consecutive episode checks."""
     collapse_window: int = 10
     """Episodes in the rolling mean."""
     baseline_episodes: int = 10
     """Episodes after learning starts that define the baseline length."""
+    baseline_length: float | None = None
+    """A fixed baseline episode length instead (null: measured)."""
     stop_on_collapse: bool = False
     """Stop training (after a checkpoint) on an episode-length collapse."""
-    reward_window: int = 20
-    """Episodes in the reward-trend regression."""
+    reward_window: int = 30
+    """Episodes in the reward-trend regression (>= 3)."""
+    reward_tolerance: float = 1.0
+    """Degrading: last-third mean below first-third mean by more than this many return std."""
 
     def __post_init__(self) -> None:
         _check(self.q_bound_margin >= 1, "q_bound_margin", self.q_bound_margin, ">= 1")
+        _check(self.q_atol >= 0, "q_atol", self.q_atol, ">= 0")
+        growth, baseline = self.q_growth_factor, self.baseline_length
+        _check(growth is None or growth > 1, "q_growth_factor", growth, "> 1 or null")
         _check(0 < self.collapse_fraction < 1, "collapse_fraction", self.collapse_fraction, "(0, 1)")
-        for name in ("q_check_freq", "collapse_patience", "collapse_window", "baseline_episodes", "reward_window"):
+        for name in ("q_check_freq", "q_samples", "collapse_patience", "collapse_window", "baseline_episodes"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        _check(baseline is None or baseline > 0, "baseline_length", baseline, "> 0 or null")
+        _check(self.reward_window >= 3, "reward_window", self.reward_window, ">= 3")
+        _check(self.reward_tolerance >= 0, "reward_tolerance", self.reward_tolerance, ">= 0")
 
 
 @dataclass

@@ -285,9 +285,11 @@ class TD3CNN(TD3):
             obs_input = self.policy.encode(obs) if self._shared else obs
             current_q = self.critic(obs_input, replay_data.actions)
             critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
+            all_q = th.cat(current_q, dim=1).detach()
             q_stats = {
                 "q1_mean": current_q[0].mean(),
-                "q_max": th.cat(current_q, dim=1).max(),
+                "q_max": all_q.max(),
+                "q_min": all_q.min(),
                 "target_q_mean": target_q.mean(),
                 "target_q_max": target_q.max(),
             }

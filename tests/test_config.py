@@ -173,3 +173,27 @@ def test_carla_waypoint_file_is_relative_to_the_config_file(tmp_path):
     path.write_text("env:\n  name: carla\n  route:\n    waypoint_file: routes/town01.csv\n")
     config = load_config(path)
     assert config.env.options.route.waypoint_file == str(tmp_path / "routes" / "town01.csv")
+
+
+def test_monitor_defaults_match_the_callbacks_defaults():
+    """One set of defaults: the YAML section and the callbacks must not drift apart."""
+    import inspect
+
+    from sb3_carla_td3.callbacks import EpisodeCollapseCallback, QValueCallback, RewardTrendCallback
+    from sb3_carla_td3.config import MonitorConfig
+
+    def defaults(cls):
+        return {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+
+    monitor, q, episodes, rewards = MonitorConfig(), defaults(QValueCallback), defaults(EpisodeCollapseCallback), defaults(
+        RewardTrendCallback
+    )
+    pairs = [
+        (monitor.q_bound_margin, q["margin"]), (monitor.q_atol, q["atol"]), (monitor.q_growth_factor, q["growth_factor"]),
+        (monitor.q_check_freq, q["check_freq"]), (monitor.q_samples, q["n_samples"]),
+        (monitor.collapse_fraction, episodes["fraction"]), (monitor.collapse_patience, episodes["patience"]),
+        (monitor.collapse_window, episodes["window"]), (monitor.baseline_episodes, episodes["baseline_episodes"]),
+        (monitor.baseline_length, episodes["baseline_length"]),
+        (monitor.reward_window, rewards["window"]), (monitor.reward_tolerance, rewards["tolerance"]),
+    ]  # fmt: skip
+    assert [a for a, b in pairs if a != b] == []
