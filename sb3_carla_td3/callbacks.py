@@ -34,8 +34,10 @@ from sb3_carla_td3.health import (
     stats_q_sample,
     warn_health,
 )
+from sb3_carla_td3.saturation import ActionSaturationCallback
 
 __all__ = [
+    "ActionSaturationCallback",
     "EpisodeCollapseCallback",
     "GradientNormCallback",
     "QValueCallback",
@@ -404,13 +406,15 @@ class EpisodeCollapseCallback(BaseCallback):
 class TrainingHealthCallback(CallbackList):
     """All health checks in one callback for ``model.learn(callback=...)``, with a final :meth:`verdict`.
 
-    Runs a :class:`GradientNormCallback`, a :class:`QValueCallback`, an :class:`EpisodeCollapseCallback` and a
-    :class:`RewardTrendCallback` and stops training when one of them does (only those built with a stop option).
+    Runs a :class:`GradientNormCallback`, a :class:`QValueCallback`, an :class:`EpisodeCollapseCallback`, a
+    :class:`RewardTrendCallback` and an :class:`ActionSaturationCallback`, and stops training when one of them
+    does (only those built with a stop option).
 
     :param gradients: the gradient-norm check; None: ``GradientNormCallback()``
     :param q_values: the Q-value check; None: ``QValueCallback()``
     :param episodes: the episode-length check; None: ``EpisodeCollapseCallback()``
     :param rewards: the return-trend check; None: ``RewardTrendCallback()``
+    :param saturation: the actor-saturation check; None: ``ActionSaturationCallback()``
     """
 
     def __init__(
@@ -419,23 +423,26 @@ class TrainingHealthCallback(CallbackList):
         q_values: QValueCallback | None = None,
         episodes: EpisodeCollapseCallback | None = None,
         rewards: RewardTrendCallback | None = None,
+        saturation: ActionSaturationCallback | None = None,
     ) -> None:
         self.gradients = GradientNormCallback() if gradients is None else gradients
         self.q_values = QValueCallback() if q_values is None else q_values
         self.episodes = EpisodeCollapseCallback() if episodes is None else episodes
         self.rewards = RewardTrendCallback() if rewards is None else rewards
-        super().__init__([self.gradients, self.q_values, self.episodes, self.rewards])
+        self.saturation = ActionSaturationCallback() if saturation is None else saturation
+        super().__init__([self.gradients, self.q_values, self.episodes, self.rewards, self.saturation])
 
     def verdict(self) -> dict[str, HealthVerdict]:
         """Judge every criterion on what was measured so far.
 
         :return: verdicts keyed ``"actor_grad_clip"``, ``"critic_grad_clip"``, ``"q_bound"``, ``"reward_trend"``,
-            ``"episode_length"``
+            ``"episode_length"``, ``"actor_saturation"``
         """
         return self.gradients.verdicts() | {
             "q_bound": self.q_values.verdict(),
             "reward_trend": self.rewards.verdict(),
             "episode_length": self.episodes.verdict(),
+            "actor_saturation": self.saturation.verdict(),
         }
 
     def summary(self) -> str:

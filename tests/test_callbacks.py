@@ -18,6 +18,7 @@ from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_carla_td3.callbacks import (
+    ActionSaturationCallback,
     EpisodeCollapseCallback,
     GradientNormCallback,
     QValueCallback,
@@ -232,6 +233,7 @@ def test_no_false_alarm_on_healthy_td3_pendulum() -> None:
         gradients=GradientNormCallback(stop_on_violation=True),
         q_values=QValueCallback(check_freq=20, stop_on_divergence=True),
         episodes=EpisodeCollapseCallback(window=2, baseline_episodes=2, patience=1, stop_on_collapse=True),
+        saturation=ActionSaturationCallback(check_freq=20, patience=3, stop_on_saturation=True),
     )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -246,7 +248,14 @@ def test_verdict_without_training_reports_missing_data() -> None:
     health = TrainingHealthCallback()
     health.init_callback(TD3("MlpPolicy", "Pendulum-v1", **tiny()))
     verdicts = health.verdict()
-    assert list(verdicts) == ["actor_grad_clip", "critic_grad_clip", "q_bound", "reward_trend", "episode_length"]
+    assert list(verdicts) == [
+        "actor_grad_clip",
+        "critic_grad_clip",
+        "q_bound",
+        "reward_trend",
+        "episode_length",
+        "actor_saturation",
+    ]
     assert all(v.passed is None and v.value is None for v in verdicts.values())
     assert "N/A" in health.summary()
 

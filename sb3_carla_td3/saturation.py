@@ -1,0 +1,113 @@
+"""Actor saturation: a tanh actor pinned at +-1 has (numerically) zero gradient and stops learning.
+
+Measured on CarRacing with separate encoders and lr 1e-3, the actor's pre-tanh outputs grew from 0.05 to 140 within
+100 updates while every actor gradient read 0.0; the gradient-norm and Q checks stayed green. The original system
+ended the same way (96% / 86% of steer / throttle actions saturated). This check makes it visible.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_carla_td3.health import HealthVerdict, is_count, is_number, keep_training, require, warn_health
+
+#: |action| above this counts as saturated (actions live in [-1, 1]).
+SATURATED = 0.99
+
+
+def saturation_fraction(actions: th.Tensor) -> float:
+    """Share of action entries with ``|a| > SATURATED``.
+
+    :param actions: a batch of actions scaled to [-1, 1]
+    :return: a fraction in [0, 1]
+    """
+    return float((actions.abs() > SATURATED).float().mean())
+
+
+class ActionSaturationCallback(BaseCallback):
+    """Flag an actor whose deterministic actions stay pinned at the bounds of [-1, 1].
+
+    TD3CNN: reads ``last_train_stats["actor_saturation"]`` after every train() call with an actor update. Other
+    algorithms with a deterministic ``model.actor(obs)`` (TD3, DDPG): scores the actor on ``n_samples`` replay
+    observations every ``check_freq`` steps. Logs ``health/actor_saturation``; saturated for ``patience``
+    consecutive checks sets ``health/actor_saturated`` = 1 and warns.
+
+    :param max_fraction: share of saturated action entries above which a check counts as saturated, in (0, 1]
+    :param patience: consecutive saturated checks before the alarm, >= 1
+    :param check_freq: env steps between checks for algorithms without ``last_train_stats``, >= 1
+    :param n_samples: replay observations scored per such check, >= 1
+    :param stop_on_saturation: stop training (after a checkpoint) on the alarm
+    :param checkpoint_path: where to save the model before such a stop; None saves nothing
+    :param verbose: verbosity level; reports go through the logger and warnings
+    """
+
+    def __init__(
+        self,
+        max_fraction: float = 0.9,
+        patience: int = 50,
+        check_freq: int = 1000,
+        n_samples: int = 256,
+        stop_on_saturation: bool = False,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose=verbose)
+        require(is_number(max_fraction, 0) and 0 < max_fraction <= 1, "max_fraction", max_fraction, "a float in (0, 1]")
+        for name, value in (("patience", patience), ("check_freq", check_freq), ("n_samples", n_samples)):
+            require(is_count(value), name, value, "an int >= 1")
+        self.max_fraction, self.patience = float(max_fraction), patience
+        self.check_freq, self.n_samples = check_freq, n_samples
+        self.stop_on_saturation, self.checkpoint_path = stop_on_saturation, checkpoint_path
+        self.latest: float | None = None
+        self.peak: float | None = None
+        self.streak = 0
+        self.saturated_at_step: int | None = None
+        self._last_updates: float | None = None
+
+    def _measure(self) -> float | None:
+        stats = getattr(self.model, "last_train_stats", None)
+        if stats is not None:
+            if "actor_saturation" not in stats or stats.get("n_updates") == self._last_updates:
+                return None
+            self._last_updates = stats.get("n_updates")
+            return stats["actor_saturation"]
+        buffer = getattr(self.model, "replay_buffer", None)
+        actor = getattr(self.model, "actor", None)
+        if self.n_calls % self.check_freq or buffer is None or actor is None or buffer.size() == 0:
+            return None
+        with th.no_grad():
+            return saturation_fraction(actor(buffer.sample(self.n_samples).observations))
+
+    def _on_step(self) -> bool:
+        fraction = self._measure()
+        if fraction is None:
+            return True
+        self.latest, self.peak = fraction, fraction if self.peak is None else max(self.peak, fraction)
+        self.streak = self.streak + 1 if fraction > self.max_fraction else 0
+        self.logger.record("health/actor_saturation", fraction)
+        alarm = self.streak >= self.patience
+        self.logger.record("health/actor_saturated", float(alarm))
+        if not alarm:
+            return True
+        if self.saturated_at_step is None:
+            self.saturated_at_step = self.num_timesteps
+            warn_health(
+                f"actor saturated at timestep {self.num_timesteps}: {fraction:.0%} of action entries at |a| > {SATURATED} "
+                f"for {self.streak} consecutive checks; its tanh gradient is ~0, so the actor has stopped learning"
+            )
+        return keep_training(self.model, self.stop_on_saturation, self.checkpoint_path)
+
+    def verdict(self) -> HealthVerdict:
+        """Whether the actor never stayed saturated for ``patience`` checks.
+
+        :return: value = latest saturated share (at the alarm: that check's), threshold = ``max_fraction``
+        """
+        if self.latest is None:
+            return HealthVerdict(None, None, self.max_fraction, "no actor update checked yet")
+        if self.saturated_at_step is not None:
+            detail = f"saturated from timestep {self.saturated_at_step} ({self.patience} consecutive checks)"
+            return HealthVerdict(False, self.latest, self.max_fraction, detail)
+        return HealthVerdict(True, self.latest, self.max_fraction, f"peak share {self.peak:.2f} of saturated actions")
