@@ -216,6 +216,12 @@ class MonitorConfig:
     """Episodes in the reward-trend regression (>= 3)."""
     reward_tolerance: float = 1.0
     """Degrading: last-third mean below first-third mean by more than this many return std."""
+    saturation_max_fraction: float = 0.9
+    """Actor saturation: share of action entries at |a| > 0.99 above which a check counts as saturated..."""
+    saturation_patience: int = 50
+    """...for this many consecutive checks (TD3CNN: actor updates)."""
+    stop_on_saturation: bool = False
+    """Stop training (after a checkpoint) when the actor stays saturated."""
 
     def __post_init__(self) -> None:
         _check(self.q_bound_margin >= 1, "q_bound_margin", self.q_bound_margin, ">= 1")
@@ -228,6 +234,9 @@ class MonitorConfig:
         _check(baseline is None or baseline > 0, "baseline_length", baseline, "> 0 or null")
         _check(self.reward_window >= 3, "reward_window", self.reward_window, ">= 3")
         _check(self.reward_tolerance >= 0, "reward_tolerance", self.reward_tolerance, ">= 0")
+        fraction = self.saturation_max_fraction
+        _check(0 < fraction <= 1, "saturation_max_fraction", fraction, "(0, 1]")
+        _check(self.saturation_patience >= 1, "saturation_patience", self.saturation_patience, ">= 1")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from sb3_carla_td3.policies import (
     SharedEncoderPolicy,
     default_frames,
 )
+from sb3_carla_td3.saturation import SATURATED
 
 SelfTD3CNN = TypeVar("SelfTD3CNN", bound="TD3CNN")
 
@@ -302,9 +303,12 @@ class TD3CNN(TD3):
                 # Separate: q1_forward re-encodes obs with the critic's own encoder, so critic heads only ever see
                 # critic features. Shared: actor and critic head read the critic-trained features, detached.
                 actor_input = obs_input.detach() if self._shared else obs
-                actor_q = self.critic.q1_forward(actor_input, self.actor(actor_input))
+                policy_actions = self.actor(actor_input)
+                actor_q = self.critic.q1_forward(actor_input, policy_actions)
                 actor_loss = -actor_q.mean()
-                actor_q_stats = {"actor_q_mean": actor_q.mean()}
+                # A tanh actor pinned at +-1 has ~0 gradient: the share of saturated entries makes that visible.
+                saturated = (policy_actions.detach().abs() > SATURATED).float().mean()
+                actor_q_stats = {"actor_q_mean": actor_q.mean(), "actor_saturation": saturated}
                 actor_updates.append(self._optimizer_step(self._actor_params, actor_loss, self.actor_grad_clip, actor_q_stats))
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
                 polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)

@@ -179,7 +179,7 @@ def test_monitor_defaults_match_the_callbacks_defaults():
     """One set of defaults: the YAML section and the callbacks must not drift apart."""
     import inspect
 
-    from sb3_carla_td3.callbacks import EpisodeCollapseCallback, QValueCallback, RewardTrendCallback
+    from sb3_carla_td3.callbacks import ActionSaturationCallback, EpisodeCollapseCallback, QValueCallback, RewardTrendCallback
     from sb3_carla_td3.config import MonitorConfig
 
     def defaults(cls):
@@ -188,6 +188,7 @@ def test_monitor_defaults_match_the_callbacks_defaults():
     monitor, q, episodes, rewards = MonitorConfig(), defaults(QValueCallback), defaults(EpisodeCollapseCallback), defaults(
         RewardTrendCallback
     )
+    saturation = defaults(ActionSaturationCallback)
     pairs = [
         (monitor.q_bound_margin, q["margin"]), (monitor.q_atol, q["atol"]), (monitor.q_growth_factor, q["growth_factor"]),
         (monitor.q_check_freq, q["check_freq"]), (monitor.q_samples, q["n_samples"]),
@@ -195,5 +196,6 @@ def test_monitor_defaults_match_the_callbacks_defaults():
         (monitor.collapse_window, episodes["window"]), (monitor.baseline_episodes, episodes["baseline_episodes"]),
         (monitor.baseline_length, episodes["baseline_length"]),
         (monitor.reward_window, rewards["window"]), (monitor.reward_tolerance, rewards["tolerance"]),
+        (monitor.saturation_max_fraction, saturation["max_fraction"]), (monitor.saturation_patience, saturation["patience"]),
     ]  # fmt: skip
     assert [a for a, b in pairs if a != b] == []
