@@ -1,0 +1,173 @@
+"""Command line: ``sb3-carla-td3 validate|train|evaluate|report`` (also ``python -m sb3_carla_td3``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from sb3_carla_td3.config import RunConfig, env_options_class, load_config
+from sb3_carla_td3.errors import CarlaConnectionError, ConfigError
+
+#: Where the shipped configs live (the repository's top-level configs/ directory).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PHASE_CONFIGS = {1: "phase1_validation.yaml", 2: "phase2_architecture.yaml", 3: "phase3_training.yaml"}
+EXIT_FAIL, EXIT_INTERRUPTED = 1, 130
+
+
+def _default_config(phase: int) -> Path:
+    name = PHASE_CONFIGS[phase]
+    for candidate in (Path("configs") / name, CONFIG_DIR / name):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no --config given and the default {name} was found neither in ./configs nor in {CONFIG_DIR}")
+
+
+def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """Command-line flags win over the file; the effective config is what gets saved with the run."""
+    if getattr(args, "env", None) and args.env != config.env.name:
+        config.env = dataclasses.replace(config.env, name=args.env, options=env_options_class(args.env)())
+    run_overrides = {
+        key: value
+        for key, value in (("total_timesteps", args.timesteps), ("device", args.device), ("seed", args.seed))
+        if value is not None
+    }
+    if getattr(args, "no_progress", False):
+        run_overrides["progress_bar"] = False
+    if run_overrides:
+        config.run = dataclasses.replace(config.run, **run_overrides)
+    RunConfig.__post_init__(config)  # re-check learning_starts against the new budget
+    return config
+
+
+def _run_dir(args: argparse.Namespace, config: RunConfig, label: str) -> Path:
+    if args.out:
+        return Path(args.out)
+    return Path(config.run.output_dir) / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="run config YAML (default: the phase's file in configs/)")
+    parser.add_argument("--env", choices=("carracing", "carla"), help="override env.name (its options reset to defaults)")
+    parser.add_argument("--timesteps", type=int, help="override run.total_timesteps")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override run.device")
+    parser.add_argument("--seed", type=int, help="override run.seed")
+    parser.add_argument("--out", type=Path, help="run directory (default: run.output_dir/<phase>-<time>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="print SB3's logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="sb3-carla-td3", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="run a validation phase of the seed plan and print its table")
+    validate.add_argument("--phase", type=int, choices=(1, 2, 3), required=True)
+    validate.add_argument("--resume", type=Path, metavar="RUN_DIR", help="phase 3: continue the run in RUN_DIR")
+    _add_run_flags(validate)
+    train = commands.add_parser("train", help="train with a config (a phase-3 run without the phase defaults)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    _add_run_flags(train)
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved model")
+    evaluate.add_argument("model", type=Path, help="model .zip (its run's config.yaml is used for the env)")
+    evaluate.add_argument("--episodes", type=int, default=5)
+    evaluate.add_argument("--config", type=Path, help="config YAML for the env (default: config.yaml next to the run)")
+    report = commands.add_parser("report", help="print a run's report and redraw its plots")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from sb3_carla_td3.validation import phases
+
+    resume = getattr(args, "resume", None)
+    if resume is not None:
+        if args.command == "validate" and args.phase != 3:
+            raise ConfigError("--resume only applies to phase 3 (and to train)")
+        report = phases.phase3(None, resume, resume=True, verbose=args.verbose)
+        return _print_report(report, resume)
+    phase = args.phase if args.command == "validate" else 3
+    if args.config is None and args.command == "train":
+        raise ConfigError("train needs --config FILE")
+    config = _apply_overrides(load_config(args.config or _default_config(phase)), args)
+    run_dir = _run_dir(args, config, f"phase{phase}" if args.command == "validate" else "train")
+    runner = {1: phases.phase1, 2: phases.phase2, 3: phases.phase3}[phase]
+    print(f"sb3-carla-td3: phase {phase} on {config.env.name}, {config.run.total_timesteps} steps -> {run_dir}")
+    return _print_report(runner(config, run_dir, verbose=args.verbose), run_dir)
+
+
+def _print_report(report: object, run_dir: Path) -> int:
+    print()
+    print(report.table())  # type: ignore[attr-defined]
+    print(f"\nVerdict: {report.verdict}. Report: {run_dir / 'report.md'}")  # type: ignore[attr-defined]
+    if "interrupted" in report.title:  # type: ignore[attr-defined]
+        return EXIT_INTERRUPTED
+    return EXIT_FAIL if report.verdict == "FAIL" else 0  # type: ignore[attr-defined]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from sb3_carla_td3.td3_cnn import TD3CNN
+    from sb3_carla_td3.validation.runner import CONFIG_FILE, make_vec_env
+
+    config_path = args.config or _find_upwards(args.model.parent, CONFIG_FILE)
+    config = load_config(config_path)
+    env = make_vec_env(config, config.run.seed + 2000)
+    model = TD3CNN.load(args.model, env=env, device="cpu")
+    returns, lengths = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
+    mean = sum(returns) / len(returns)
+    std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
+    print(f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f}, length {sum(lengths) / len(lengths):.1f}")
+    return 0
+
+
+def _find_upwards(start: Path, name: str) -> Path:
+    for directory in (start, *start.parents):
+        if (directory / name).is_file():
+            return directory / name
+    raise ConfigError(f"no {name} found above {start}; pass --config")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sb3_carla_td3.validation.plots import plot_history
+    from sb3_carla_td3.validation.recorder import load_history
+
+    report_md, report_json = args.run_dir / "report.md", args.run_dir / "report.json"
+    if not report_md.is_file():
+        raise ConfigError(f"{args.run_dir} has no report.md: is it a run directory of sb3-carla-td3?")
+    data = json.loads(report_json.read_text()) if report_json.is_file() else {}
+    config = load_config(args.run_dir / "config.yaml")
+    q_bound = data.get("data", {}).get("verdicts", {}).get("q_bound", {}).get("threshold")
+    limits = {"actor": config.td3.actor_grad_clip, "critic": config.td3.critic_grad_clip}
+    plot_history(load_history(args.run_dir / "history.json"), args.run_dir, limits=limits, q_bound=q_bound)
+    print(report_md.read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line.
+
+    :param argv: arguments without the program name (None: ``sys.argv[1:]``)
+    :return: exit status: 0 success, 1 a failed verdict or a bad input, 130 interrupted
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("validate", "train"):
+            return _validate(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _report(args)
+    except (ConfigError, CarlaConnectionError, FileNotFoundError) as error:
+        print(f"sb3-carla-td3: error: {error}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("sb3-carla-td3: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

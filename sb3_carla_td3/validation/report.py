@@ -1,0 +1,156 @@
+"""Phase reports: the seed plan's tables (metric | expected | measured | status) as Markdown, JSON and console text."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sb3_carla_td3.health import HealthVerdict
+
+STATUS = {True: "PASS", False: "FAIL", None: "N/A"}
+
+
+@dataclass
+class Row:
+    """One line of a phase table.
+
+    :param metric: what is measured
+    :param expected: the success criterion, in words
+    :param measured: the measured value, formatted
+    :param passed: True, False, or None (not enough data)
+    :param previous: the broken system's value from the seed plan ("" when none)
+    :param detail: one sentence with the numbers behind the status
+    """
+
+    metric: str
+    expected: str
+    measured: str
+    passed: bool | None
+    previous: str = ""
+    detail: str = ""
+
+    @property
+    def status(self) -> str:
+        return STATUS[self.passed]
+
+
+@dataclass
+class PhaseReport:
+    """A phase's table, extra Markdown sections and raw numbers.
+
+    :param title: report heading
+    :param rows: the table rows
+    :param sections: (heading, Markdown body) pairs printed after the table
+    :param data: raw numbers for report.json
+    :param show_previous: include the seed's "Previous (BROKEN)" column
+    """
+
+    title: str
+    rows: list[Row]
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    show_previous: bool = True
+
+    @property
+    def verdict(self) -> str:
+        """PASS when every row passed, FAIL when any failed, else INCONCLUSIVE."""
+        if any(row.passed is False for row in self.rows):
+            return "FAIL"
+        return "PASS" if all(row.passed for row in self.rows) else "INCONCLUSIVE"
+
+    def table(self) -> str:
+        """The rows as a Markdown table."""
+        headers = ["Metric", "Expected", *(["Previous (BROKEN)"] if self.show_previous else []), "Measured", "Status"]
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        for row in self.rows:
+            cells = [row.metric, row.expected, *([row.previous] if self.show_previous else []), row.measured, row.status]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """The whole report as Markdown."""
+        parts = [f"# {self.title}", "", f"**Verdict: {self.verdict}**", "", self.table(), ""]
+        details = [f"- **{row.metric}** ({row.status}): {row.detail}" for row in self.rows if row.detail]
+        if details:
+            parts += ["## Details", "", *details, ""]
+        for heading, body in self.sections:
+            parts += [f"## {heading}", "", body.strip(), ""]
+        return "\n".join(parts)
+
+    def write(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write report.md and report.json into ``directory``.
+
+        :param directory: the run directory
+        :return: the two paths
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        md, js = directory / "report.md", directory / "report.json"
+        md.write_text(self.markdown())
+        payload = {
+            "title": self.title,
+            "verdict": self.verdict,
+            "rows": [asdict(row) | {"status": row.status} for row in self.rows],
+            "data": self.data,
+        }
+        js.write_text(json.dumps(payload, indent=2, default=_json_default))
+        return md, js
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number for a table cell ("-" for None, thousands separators for large values)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, critic_clip: float | None) -> list[Row]:
+    """The seed plan's Task 5 table from the health verdicts.
+
+    :param verdicts: ``TrainingHealthCallback.verdict()``
+    :param actor_clip: the actor clip limit (None: clipping off)
+    :param critic_clip: the critic clip limit (None: clipping off)
+    :return: the seed's five rows (actor norm, critic norm, Q-values, episode rewards, episode length) and actor
+        saturation, the failure the original system ended in
+    """
+
+    def row(key: str, metric: str, expected: str, previous: str) -> Row:
+        verdict = verdicts[key]
+        return Row(metric, expected, fmt(verdict.value), verdict.passed, previous, verdict.detail)
+
+    saturation_expected = f"not above {fmt(verdicts['actor_saturation'].threshold)} for long"
+    q = verdicts["q_bound"]
+    q_expected = (
+        f"<= bound {fmt(q.threshold)} = margin x max abs(r) / (1 - gamma)" if q.threshold is not None else "within bound"
+    )
+    return [
+        row(
+            "actor_grad_clip",
+            "Actor gradient norm after clipping (max over every update)",
+            f"<= {actor_clip:g}" if actor_clip is not None else "no clipping",
+            "2.42 (a sum of per-tensor norms)",
+        ),
+        row(
+            "critic_grad_clip",
+            "Critic gradient norm after clipping (max over every update)",
+            f"<= {critic_clip:g}" if critic_clip is not None else "no clipping",
+            "24.69 (a sum of per-tensor norms)",
+        ),
+        row("q_bound", "Q-values (max abs(Q))", q_expected, "1,796,760"),
+        row("reward_trend", "Episode rewards", "noisy but not degrading", "721 -> 7.6"),
+        row("episode_length", "Episode length", "stable, no collapse", "50 -> 2 steps"),
+        row("actor_saturation", "Actions at abs(a) > 0.99 (share)", saturation_expected, "96% steer, 86% throttle (30K)"),
+    ]

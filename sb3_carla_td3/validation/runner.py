@@ -1,0 +1,252 @@
+"""One training run from a RunConfig: env, TD3CNN, health callbacks, logs, checkpoints, evaluation, resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from sb3_carla_td3.callbacks import (
+    ActionSaturationCallback,
+    EpisodeCollapseCallback,
+    GradientNormCallback,
+    QValueCallback,
+    RewardTrendCallback,
+    TrainingHealthCallback,
+)
+from sb3_carla_td3.config import RunConfig, load_config
+from sb3_carla_td3.envs import make_env
+from sb3_carla_td3.td3_cnn import TD3CNN
+from sb3_carla_td3.validation.checkpoints import AtomicCheckpointCallback, latest_checkpoint, save_checkpoint
+from sb3_carla_td3.validation.recorder import MetricsRecorder, load_history
+
+CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "history.json"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class RunResult:
+    """What a training run produced.
+
+    :param run_dir: the run directory
+    :param config: the effective config
+    :param model: the trained model
+    :param health: the health callbacks, with their verdicts
+    :param recorder: per-update and per-episode records
+    :param status: "completed", "stopped" (a health check stopped training) or "interrupted" (Ctrl-C)
+    :param seconds: wall-clock time of this invocation's ``learn()``
+    :param resumed_from: timestep the run was resumed from (None: fresh run)
+    """
+
+    run_dir: Path
+    config: RunConfig
+    model: TD3CNN
+    health: TrainingHealthCallback
+    recorder: MetricsRecorder
+    status: str
+    seconds: float
+    resumed_from: int | None = None
+
+
+def make_vec_env(config: RunConfig, seed: int) -> VecEnv:
+    """A one-env DummyVecEnv with a Monitor (episode returns and lengths), seeded.
+
+    :param config: the run config (its ``env`` section)
+    :param seed: env seed
+    :return: the vectorised env
+    """
+    env = DummyVecEnv([lambda: Monitor(make_env(config.env.name, config.env.options))])
+    env.seed(seed)
+    return env
+
+
+def health_callback(config: RunConfig, checkpoint_dir: Path | None = None) -> TrainingHealthCallback:
+    """The health callbacks configured from the ``monitor`` and ``td3`` sections.
+
+    :param config: the run config
+    :param checkpoint_dir: where a stopping check saves the model first (None: no checkpoint)
+    :return: the bundled callback
+    """
+    monitor = config.monitor
+    stop_path = None if checkpoint_dir is None else checkpoint_dir / "stopped_by_health_check.zip"
+    return TrainingHealthCallback(
+        gradients=GradientNormCallback(
+            actor_max_norm=config.td3.actor_grad_clip,
+            critic_max_norm=config.td3.critic_grad_clip,
+            stop_on_violation=monitor.stop_on_clip_violation,
+            checkpoint_path=stop_path,
+        ),
+        q_values=QValueCallback(
+            check_freq=monitor.q_check_freq,
+            n_samples=monitor.q_samples,
+            margin=monitor.q_bound_margin,
+            atol=monitor.q_atol,
+            growth_factor=monitor.q_growth_factor,
+            stop_on_divergence=monitor.stop_on_divergence,
+            checkpoint_path=stop_path,
+        ),
+        episodes=EpisodeCollapseCallback(
+            fraction=monitor.collapse_fraction,
+            window=monitor.collapse_window,
+            baseline_episodes=monitor.baseline_episodes,
+            baseline_length=monitor.baseline_length,
+            patience=monitor.collapse_patience,
+            stop_on_collapse=monitor.stop_on_collapse,
+            checkpoint_path=stop_path,
+        ),
+        rewards=RewardTrendCallback(window=monitor.reward_window, tolerance=monitor.reward_tolerance),
+        saturation=ActionSaturationCallback(
+            max_fraction=monitor.saturation_max_fraction,
+            patience=monitor.saturation_patience,
+            check_freq=monitor.q_check_freq,
+            stop_on_saturation=monitor.stop_on_saturation,
+            checkpoint_path=stop_path,
+        ),
+    )
+
+
+def build_model(config: RunConfig, env: VecEnv) -> TD3CNN:
+    """TD3CNN as the config describes it ("MultiInputPolicy" for Dict observations, else "CnnPolicy").
+
+    :param config: the run config
+    :param env: the training env
+    :return: the model
+    """
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "CnnPolicy"
+    kwargs = config.model_kwargs(n_actions=env.action_space.shape[0])
+    if kwargs["device"] == "auto":
+        kwargs["device"] = "cuda" if th.cuda.is_available() else "cpu"
+    return TD3CNN(policy, env, **kwargs)
+
+
+def train(
+    config: RunConfig | None,
+    run_dir: str | Path,
+    resume: bool = False,
+    callbacks: Sequence[BaseCallback] = (),
+    verbose: int = 0,
+) -> RunResult:
+    """Train (or resume) a run in ``run_dir``: config.yaml, progress.csv, TensorBoard, history.json, checkpoints/.
+
+    Ctrl-C writes a checkpoint and returns with status "interrupted"; the report can then be written as usual.
+
+    :param config: the run config (None when resuming: read from ``run_dir/config.yaml``)
+    :param run_dir: the run directory (created)
+    :param resume: continue from the newest checkpoint in ``run_dir/checkpoints`` (timesteps, updates, optimizer
+        state, and the replay buffer when it was saved)
+    :param callbacks: extra callbacks
+    :param verbose: 1 prints the reports and the SB3 logs to stdout
+    :return: the result
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config is None:
+        config = load_config(run_dir / CONFIG_FILE)
+    config.save(run_dir / CONFIG_FILE)
+    if config.run.threads is not None:
+        th.set_num_threads(config.run.threads)
+    checkpoint_dir = run_dir / CHECKPOINTS
+    env = make_vec_env(config, config.run.seed)
+    checkpoint = latest_checkpoint(checkpoint_dir) if resume else None
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoint in {checkpoint_dir} (latest.json missing)")
+    if checkpoint is not None:
+        model = TD3CNN.load(checkpoint["model"], env=env, device=config.run.device)
+        if checkpoint["replay_buffer"] is not None:
+            model.load_replay_buffer(checkpoint["replay_buffer"])
+        recorder = MetricsRecorder(load_history(run_dir / HISTORY_FILE))
+    else:
+        model = build_model(config, env)
+        recorder = MetricsRecorder()
+    formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
+    model.set_logger(configure(str(run_dir), formats))
+    health = health_callback(config, checkpoint_dir)
+    all_callbacks: list[BaseCallback] = [health, recorder, *callbacks]
+    if config.run.checkpoint_freq:
+        all_callbacks.append(
+            AtomicCheckpointCallback(config.run.checkpoint_freq, checkpoint_dir, config.run.save_replay_buffer)
+        )
+    if config.run.eval_freq:
+        eval_env = make_vec_env(config, config.run.seed + 1000)
+        all_callbacks.append(
+            EvalCallback(
+                eval_env,
+                n_eval_episodes=config.run.eval_episodes,
+                eval_freq=config.run.eval_freq,
+                log_path=str(run_dir / "eval"),
+                deterministic=True,
+                verbose=0,
+            )
+        )
+
+    resumed_from = model.num_timesteps if checkpoint is not None else None
+    remaining = max(config.run.total_timesteps - model.num_timesteps, 0)
+    status, started = "completed", time.perf_counter()
+    try:
+        model.learn(
+            remaining,
+            callback=all_callbacks,
+            log_interval=config.run.log_interval,
+            reset_num_timesteps=checkpoint is None,
+            progress_bar=config.run.progress_bar,
+        )
+        if model.num_timesteps < config.run.total_timesteps:
+            status = "stopped"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        save_checkpoint(model, checkpoint_dir, config.run.save_replay_buffer)
+    finally:
+        recorder.save(run_dir / HISTORY_FILE)
+        model.logger.close()
+    seconds = time.perf_counter() - started
+    return RunResult(run_dir, config, model, health, recorder, status, seconds, resumed_from)
+
+
+def summarize(result: RunResult, last_episodes: int = 10) -> dict[str, Any]:
+    """Numbers for reports: final return, updates, speed, clip fractions, norms.
+
+    :param result: a finished run
+    :param last_episodes: episodes averaged for the final return
+    :return: name -> value (None where nothing was measured)
+    """
+    episodes, updates = result.recorder.episodes, result.recorder.updates
+    tail = [e["return"] for e in episodes[-last_episodes:]]
+
+    def mean_of(key: str) -> float | None:
+        values = [u[key] for u in updates if key in u]
+        return sum(values) / len(values) if values else None
+
+    def max_of(key: str) -> float | None:
+        values = [u[key] for u in updates if key in u]
+        return max(values) if values else None
+
+    stats = result.model.last_train_stats
+    reasons = Counter(e["reason"] for e in episodes if "reason" in e)
+    return {
+        "episode_ends": dict(reasons.most_common()),
+        "status": result.status,
+        "timesteps": result.model.num_timesteps,
+        "updates": int(stats.get("n_updates", 0)),
+        "episodes": len(episodes),
+        "final_return": sum(tail) / len(tail) if tail else None,
+        "seconds": result.seconds,
+        "seconds_per_update": mean_of("seconds_per_update"),
+        "actor_grad_norm_post_max": max_of("actor_grad_norm_post_max"),
+        "critic_grad_norm_post_max": max_of("critic_grad_norm_post_max"),
+        "actor_clip_fraction": mean_of("actor_clip_fraction"),
+        "critic_clip_fraction": mean_of("critic_clip_fraction"),
+        "critic_grad_norm_pre_mean": mean_of("critic_grad_norm_pre"),
+        "q_max": max_of("q_max"),
+        "nonfinite_skips": int(stats.get("nonfinite_skips", 0)),
+    }

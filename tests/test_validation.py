@@ -1,0 +1,152 @@
+"""Validation runs: reports, plots, atomic checkpoints, resume after an interruption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_carla_td3.config import RunConfig, config_from_dict
+from sb3_carla_td3.validation import checkpoints
+from sb3_carla_td3.validation.phases import phase1
+from sb3_carla_td3.validation.runner import train
+
+TINY = {
+    "env": {"name": "carracing", "image_size": 36, "max_episode_steps": 40, "offtrack_steps": 10, "stuck_steps": 15},
+    "encoder": {"cnn": "nature", "rnn": None, "cnn_features": 16, "net_arch": [16]},
+    "td3": {"batch_size": 8, "buffer_size": 500, "learning_starts": 50},
+    "run": {"total_timesteps": 150, "eval_freq": 0, "checkpoint_freq": 0, "progress_bar": False, "device": "cpu",
+            "threads": 1},
+    "monitor": {"baseline_episodes": 2, "collapse_window": 2, "reward_window": 3, "q_check_freq": 50},
+}
+
+
+def tiny_config(**sections: dict) -> RunConfig:
+    data = {key: dict(value) for key, value in TINY.items()}
+    for key, value in sections.items():
+        data[key].update(value)
+    return config_from_dict(data, source="tiny test config")
+
+
+class InterruptAt(BaseCallback):
+    """Raise KeyboardInterrupt (what Ctrl-C does) at a given timestep."""
+
+    def __init__(self, timestep: int) -> None:
+        super().__init__()
+        self.timestep = timestep
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.timestep:
+            raise KeyboardInterrupt
+        return True
+
+
+def test_phase1_report_holds_the_seed_table_verdict_and_plots(tmp_path):
+    report = phase1(tiny_config(), tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    for metric in ("Actor gradient norm after clipping", "Critic gradient norm after clipping", "Q-values",
+                   "Episode rewards", "Episode length"):  # fmt: skip
+        assert metric in text
+    assert f"**Verdict: {report.verdict}**" in text
+    assert "| actor_lr | 0.001 | 0.001 | ok |" in text  # hyperparameter report read back from the model
+    data = json.loads((tmp_path / "report.json").read_text())
+    actor_row = data["rows"][0]
+    assert actor_row["status"] in ("PASS", "FAIL") and float(actor_row["measured"]) <= 1.0 + 1e-4
+    assert data["data"]["summary"]["updates"] == 100  # 150 steps, learning starts after 50
+    for name in ("gradient_norms.png", "q_values.png", "episode_length.png", "episode_return.png", "config.yaml",
+                 "progress.csv", "history.json"):  # fmt: skip
+        assert (tmp_path / name).stat().st_size > 0
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
+    config = tiny_config(run={"total_timesteps": 160, "checkpoint_freq": 100})
+    first = train(config, tmp_path, callbacks=[InterruptAt(130)])
+    assert first.status == "interrupted"
+    latest = checkpoints.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest is not None and latest["timesteps"] == 130
+    updates_before = first.model._n_updates
+
+    resumed = train(None, tmp_path, resume=True)
+    assert resumed.resumed_from == 130 and resumed.status == "completed"
+    assert resumed.model.num_timesteps == 160
+    assert resumed.model._n_updates == updates_before + 30
+    assert resumed.recorder.updates[0]["timestep"] <= 130  # history continued, not restarted
+
+
+def test_resume_without_checkpoint_names_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_config(), tmp_path, resume=True)
+
+
+def test_checkpoint_is_never_left_half_written(tmp_path, monkeypatch):
+    config = tiny_config(run={"total_timesteps": 60})
+    model = train(config, tmp_path / "run").model
+    directory = tmp_path / "ckpt"
+    good = checkpoints.save_checkpoint(model, directory)
+
+    def crash_mid_write(path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save", crash_mid_write)
+    model.num_timesteps += 10
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.save_checkpoint(model, directory)
+    assert checkpoints.latest_checkpoint(directory)["model"] == good
+    assert sorted(p.name for p in directory.glob("model_*.zip")) == [good.name]
+
+
+def test_replay_buffer_travels_with_the_checkpoint_when_asked(tmp_path):
+    config = tiny_config(run={"total_timesteps": 100, "checkpoint_freq": 100, "save_replay_buffer": True})
+    result = train(config, tmp_path)
+    latest = checkpoints.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest["replay_buffer"].is_file()
+    resumed = train(tiny_config(run={"total_timesteps": 120}), tmp_path, resume=True)
+    assert resumed.model.replay_buffer.size() == result.model.replay_buffer.size() + 20
+
+
+def test_phase2_compares_the_three_architectures_and_judges_each_claim(tmp_path):
+    from sb3_carla_td3.validation.phases import ARCHITECTURES, phase2
+
+    config = tiny_config(run={"total_timesteps": 90}, encoder={"cnn_features": 8, "rnn_hidden": 4}, td3={"batch_size": 4})
+    report = phase2(config, tmp_path)
+    claims = [row.metric for row in report.rows]
+    assert any("Faster convergence" in c for c in claims) and any("Smoother gradient flow" in c for c in claims)
+    assert any("Lower memory" in c for c in claims)
+    measured = report.data["architectures"]
+    assert list(measured) == [label for label, _ in ARCHITECTURES]
+    assert all(r["updates"] == 40 and r["peak_rss_mb"] > 0 for r in measured.values())
+    gru, lstm = measured["pooled + GRU-48"], measured["pooled + LSTM-256"]
+    assert gru["encoder_parameters"]["cnn"] == lstm["encoder_parameters"]["cnn"]  # identical CNNs, only the RNN differs
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_phase_examples_run_through_the_library_api(tmp_path):
+    import importlib.util
+    import sys
+
+    import yaml
+
+    config_path = tmp_path / "tiny.yaml"
+    data = {key: dict(value) for key, value in TINY.items()}
+    config_path.write_text(yaml.safe_dump(data))
+    root = Path(__file__).resolve().parent.parent / "examples"
+    for name in ("phase1_validation", "phase3_training"):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        status = module.main(["--config", str(config_path), "--timesteps", "80", "--out", str(tmp_path / name)])
+        assert status in (0, 1)
+        assert (tmp_path / name / "report.md").is_file()
+
+
+def test_report_says_why_episodes_ended(tmp_path):
+    report = phase1(tiny_config(), tmp_path)
+    ends = report.data["summary"]["episode_ends"]
+    assert ends and set(ends) <= {"stuck", "offtrack", "max_steps", "lap_complete", "out_of_playfield"}
+    assert sum(ends.values()) == report.data["summary"]["episodes"]
+    assert "why episodes ended: " in (tmp_path / "report.md").read_text()
