@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
 from stable_baselines3.td3.policies import TD3Policy
 
@@ -87,50 +88,53 @@ def _has_image(observation_space: spaces.Space) -> bool:
 
 
 class SharedEncoderPolicy(CnnPolicy):
-    """One encoder trained by the critic loss only; the actor reads detached features (SAC-AE, DrQ, DrQ-v2 practice).
+    """One encoder trained by the critic loss only; the actor reads detached features (DrQ-v2 practice).
 
     ``encoder`` turns observations into features; ``actor``, ``critic`` and their targets are heads on those features
     (their own features extractor is a parameter-free flatten). The critic optimizer steps ``encoder`` with the
-    q-networks, the actor optimizer steps only the actor head, and ``encoder_target`` is a Polyak copy that encodes
-    next observations for the TD target. Arguments as :class:`CnnPolicy`.
+    q-networks and the actor optimizer steps only the actor head. As in DrQ-v2 there is no target encoder: next
+    observations are encoded by the online encoder without gradient, for the target heads, and the frames obs and
+    next obs share are encoded once (:meth:`CnnGruExtractor.forward_pair`). Arguments as :class:`CnnPolicy`.
     """
 
     encoder: BaseFeaturesExtractor
-    encoder_target: BaseFeaturesExtractor
 
     def _build(self, lr_schedule: Any) -> None:
-        self.encoder = self.make_features_extractor()
-        self.encoder_target = self.make_features_extractor()
-        self.encoder_target.load_state_dict(self.encoder.state_dict())
+        self.encoder = self.make_features_extractor().to(self.device)
         feature_space = spaces.Box(-np.inf, np.inf, (self.encoder.features_dim,), np.float32)
         for kwargs in (self.actor_kwargs, self.critic_kwargs):
             kwargs["observation_space"] = feature_space
-        heads = {}
-        for name, make in (("actor", self.make_actor), ("actor_target", self.make_actor)):
-            heads[name] = make(features_extractor=FlattenExtractor(feature_space))
-        for name, make in (("critic", self.make_critic), ("critic_target", self.make_critic)):
-            heads[name] = make(features_extractor=FlattenExtractor(feature_space))
-        self.actor, self.actor_target = heads["actor"], heads["actor_target"]
-        self.critic, self.critic_target = heads["critic"], heads["critic_target"]
+        self.actor = self.make_actor(features_extractor=FlattenExtractor(feature_space))
+        self.actor_target = self.make_actor(features_extractor=FlattenExtractor(feature_space))
+        self.critic = self.make_critic(features_extractor=FlattenExtractor(feature_space))
+        self.critic_target = self.make_critic(features_extractor=FlattenExtractor(feature_space))
         self.actor_target.load_state_dict(self.actor.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
-        self.encoder.to(self.device)
-        self.encoder_target.to(self.device)
         # Encoder ownership, in one line: the critic optimizer steps the encoder, the actor optimizer never does.
         self.actor.optimizer = self.optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
         critic_params = [*self.encoder.parameters(), *self.critic.parameters()]
         self.critic.optimizer = self.optimizer_class(critic_params, lr=lr_schedule(1), **self.optimizer_kwargs)
         self.actor_target.set_training_mode(False)
         self.critic_target.set_training_mode(False)
-        self.encoder_target.train(False)
 
     def encode(self, observation: Any) -> th.Tensor:
-        """Features of the online encoder, ``(batch, *obs_shape) -> (batch, features_dim)``, with gradient."""
+        """Encoder features, ``(batch, *obs_shape) -> (batch, features_dim)``, with gradient."""
         return self.extract_features(observation, self.encoder)
 
-    def encode_target(self, observation: Any) -> th.Tensor:
-        """Features of the Polyak target encoder, for next observations in the TD target."""
-        return self.extract_features(observation, self.encoder_target)
+    def encode_pair(self, observation: Any, next_observation: Any) -> tuple[th.Tensor, th.Tensor]:
+        """Features of obs (with gradient) and of next obs (detached), for the critic loss and the TD target.
+
+        :param observation: a replay batch's observations
+        :param next_observation: its next observations
+        :return: (obs features, next-obs features)
+        """
+        obs = preprocess_obs(observation, self.observation_space, normalize_images=self.normalize_images)
+        next_obs = preprocess_obs(next_observation, self.observation_space, normalize_images=self.normalize_images)
+        if isinstance(self.encoder, CnnGruExtractor):
+            return self.encoder.forward_pair(obs, next_obs)
+        with th.no_grad():
+            next_features = self.encoder(next_obs)
+        return self.encoder(obs), next_features
 
     def _predict(self, observation: Any, deterministic: bool = False) -> th.Tensor:
         return self.actor(self.encode(observation))

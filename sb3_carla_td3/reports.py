@@ -90,11 +90,7 @@ def parameter_report(model: Any) -> Report:
     critic_heads = [p for name, p in model.critic.named_parameters() if not name.startswith("features_extractor.")]
     shared = getattr(model.policy, "encoder", None)
     if shared is not None:
-        encoder_target = model.policy.encoder_target
-        encoders = [
-            ("shared encoder", _count(shared.parameters()), stepped_by(shared)),
-            ("encoder target (copy)", _count(encoder_target.parameters()), stepped_by(encoder_target)),
-        ]
+        encoders = [("shared encoder (no target copy, DrQ-v2)", _count(shared.parameters()), stepped_by(shared))]
     else:
         encoders = [
             ("actor CNN", _count(actor_cnn.parameters()), stepped_by(actor_cnn)),

@@ -83,8 +83,8 @@ class TD3CNN(TD3):
     :param clip_check: what happens when a post-clip norm exceeds its limit: "raise" (GradientClipError), "warn", "off"
     :param nonfinite_grads: on a NaN/inf loss or gradient: "skip" that optimizer step (counted, logged) or "raise"
     :param encoder: "separate" (SB3 layout: actor, critic and both targets own an encoder; joint clipping per side) or
-        "shared" (one encoder trained by the critic loss only, the actor reads detached features, a Polyak target
-        encoder encodes next observations; about half the encoder work)
+        "shared" (DrQ-v2: one encoder trained by the critic loss only, the actor reads detached features, next
+        observations are encoded by it without gradient, sharing frames with the observations; far less encoder work)
     :param replay_buffer: "auto" (store each frame once when the env is a frame stack: VecFrameStack or an env with a
         ``frame_stack`` attribute), "frame_stack" (always; ``frames`` from the policy's extractor) or "sb3" (SB3's
         default); ignored when ``replay_buffer_class`` is given
@@ -271,9 +271,11 @@ class TD3CNN(TD3):
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
             obs, next_obs = replay_data.observations, replay_data.next_observations
 
+            # Separate: actor, critic and their targets encode raw observations with their own encoders.
+            # Shared: one encoder; next_obs features are detached and the frames obs and next_obs share are encoded once.
+            obs_input, next_input = self.policy.encode_pair(obs, next_obs) if self._shared else (obs, next_obs)
+
             with th.no_grad():
-                # Separate mode: target actor and critic encode next_obs with their own target encoders.
-                next_input = self.policy.encode_target(next_obs) if self._shared else next_obs
                 # Target policy smoothing: clipped Gaussian noise on the target actor's action.
                 noise = th.randn_like(replay_data.actions) * self.target_policy_noise
                 noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
@@ -283,7 +285,6 @@ class TD3CNN(TD3):
                 min_next_q, _ = th.min(next_q, dim=1, keepdim=True)
                 target_q = replay_data.rewards + (1 - replay_data.dones) * discounts * min_next_q
 
-            obs_input = self.policy.encode(obs) if self._shared else obs
             current_q = self.critic(obs_input, replay_data.actions)
             critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
             all_q = th.cat(current_q, dim=1).detach()
@@ -312,8 +313,6 @@ class TD3CNN(TD3):
                 actor_updates.append(self._optimizer_step(self._actor_params, actor_loss, self.actor_grad_clip, actor_q_stats))
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
                 polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
-                if self._shared:
-                    polyak_update(self.policy.encoder.parameters(), self.policy.encoder_target.parameters(), self.tau)
                 # Copy running stats, see SB3 GH issue #996
                 polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
                 polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)

@@ -313,3 +313,51 @@ def test_td3_multi_input_policy_trains_on_dict_observations() -> None:
     after = critic_extractor_params(model)
     assert model.critic.features_extractor.features_dim == 16
     assert [name for name in before if th.equal(before[name], after[name])] == []
+
+
+def shifted_pair(batch: int = 3, channels: int = 1, frames: int = 4, size: int = 36) -> tuple[th.Tensor, th.Tensor]:
+    """obs and next obs of a frame stack: next drops obs's oldest frame and appends a new one."""
+    th.manual_seed(0)
+    stream = th.rand(batch, (frames + 1) * channels, size, size)
+    return stream[:, : frames * channels], stream[:, channels:]
+
+
+def count_cnn_frames(extractor: CnnGruExtractor) -> list[int]:
+    frames: list[int] = []
+    extractor.cnn.register_forward_hook(lambda module, inputs, output: frames.append(inputs[0].shape[0]))
+    return frames
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_forward_pair_encodes_shared_frames_once_and_matches_forward(rnn: str) -> None:
+    extractor = make_extractor(image_space(4), rnn=rnn)
+    obs, next_obs = shifted_pair()
+    frames = count_cnn_frames(extractor)
+    features, next_features = extractor.forward_pair(obs, next_obs)
+    assert sum(frames) == 3 * 4 + 3  # 4 frames per obs, then only each next obs's newest frame
+    assert features.requires_grad and not next_features.requires_grad
+    with th.no_grad():
+        th.testing.assert_close(features, extractor(obs))
+        th.testing.assert_close(next_features, extractor(next_obs))
+
+
+def test_forward_pair_falls_back_when_the_images_are_not_a_shifted_pair() -> None:
+    extractor = make_extractor(image_space(4))
+    obs, _ = shifted_pair()
+    unrelated = th.rand_like(obs)
+    frames = count_cnn_frames(extractor)
+    _, next_features = extractor.forward_pair(obs, unrelated)
+    assert sum(frames) == 2 * 3 * 4
+    with th.no_grad():
+        th.testing.assert_close(next_features, extractor(unrelated))
+
+
+def test_forward_pair_with_dict_vectors_matches_forward() -> None:
+    space = spaces.Dict({"image": image_space(4), "vector": spaces.Box(-1, 1, (5,), np.float32)})
+    extractor = make_extractor(space, vector_mlp=[6])
+    obs, next_obs = shifted_pair()
+    vectors = th.rand(3, 5), th.rand(3, 5)
+    pair = extractor.forward_pair({"image": obs, "vector": vectors[0]}, {"image": next_obs, "vector": vectors[1]})
+    with th.no_grad():
+        th.testing.assert_close(pair[0], extractor({"image": obs, "vector": vectors[0]}))
+        th.testing.assert_close(pair[1], extractor({"image": next_obs, "vector": vectors[1]}))
