@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {name: build(kind, args.encoder, args.size, args.batch, args.device) for name, kind in kinds.items()}
     rates = interleaved(models, args.steps, args.batch, args.rounds)
     base = statistics.median(rates["SB3 TD3"])
-    rows = [[name, f"{statistics.median(r):.2f}", f"{min(r):.2f}-{max(r):.2f}", f"{statistics.median(r) / base:.2f}x"]
+    rows = [[name, f"{statistics.median(r):.3g}", f"{min(r):.3g}-{max(r):.3g}", f"{statistics.median(r) / base:.2f}x"]
             for name, r in rates.items()]  # fmt: skip
     ratio = statistics.median([a / b for a, b in zip(rates["TD3CNN (separate encoders)"], rates["SB3 TD3"], strict=True)])
     shared = statistics.median(rates["TD3CNN (encoder='shared')"]) / statistics.median(rates["TD3CNN (separate encoders)"])
@@ -119,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         for threads in sorted({1, th.get_num_threads()}):
             th.set_num_threads(threads)
             r = interleaved({"t": build("td3cnn", args.encoder, args.size, args.batch, "cpu")}, args.steps, args.batch, 3)
-            option_rows.append([f"torch.set_num_threads({threads})", f"{statistics.median(r['t']):.2f}", ""])
+            option_rows.append([f"torch.set_num_threads({threads})", f"{statistics.median(r['t']):.3g}", ""])
         for name, apply in OPTIONS.items():
             baseline, variant = (build("td3cnn", args.encoder, args.size, args.batch, "cpu") for _ in range(2))
             try:
                 apply(variant)
                 r = interleaved({"base": baseline, "variant": variant}, args.steps, args.batch, 3)
                 effect = statistics.median(r["variant"]) / statistics.median(r["base"])
-                option_rows.append([name, f"{statistics.median(r['variant']):.2f}", f"{effect:.2f}x"])
+                option_rows.append([name, f"{statistics.median(r['variant']):.3g}", f"{effect:.2f}x"])
             except Exception as error:  # report, don't hide: an option that fails here is a result
                 option_rows.append([name, "failed", f"{type(error).__name__}: {str(error)[:80]}"])
         body.append(markdown_table(["option", "steps/s", "vs baseline"], option_rows))
