@@ -67,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="run a validation phase of the seed plan and print its table")
     validate.add_argument("--phase", type=int, choices=(1, 2, 3), required=True)
     validate.add_argument("--resume", type=Path, metavar="RUN_DIR", help="phase 3: continue the run in RUN_DIR")
+    validate.add_argument("--strict", action="store_true", help="exit with status 1 when the verdict is FAIL (for CI)")
     _add_run_flags(validate)
     train = commands.add_parser("train", help="train with a config (a phase-3 run without the phase defaults)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument("--strict", action="store_true", help="exit with status 1 when the verdict is FAIL")
     _add_run_flags(train)
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model")
     evaluate.add_argument("model", type=Path, help="model .zip (its run's config.yaml is used for the env)")
@@ -88,7 +90,7 @@ def _validate(args: argparse.Namespace) -> int:
         if args.command == "validate" and args.phase != 3:
             raise ConfigError("--resume only applies to phase 3 (and to train)")
         report = phases.phase3(None, resume, resume=True, verbose=args.verbose)
-        return _print_report(report, resume)
+        return _print_report(report, resume, args.strict)
     phase = args.phase if args.command == "validate" else 3
     if args.config is None and args.command == "train":
         raise ConfigError("train needs --config FILE")
@@ -96,16 +98,16 @@ def _validate(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args, config, f"phase{phase}" if args.command == "validate" else "train")
     runner = {1: phases.phase1, 2: phases.phase2, 3: phases.phase3}[phase]
     print(f"sb3-carla-td3: phase {phase} on {config.env.name}, {config.run.total_timesteps} steps -> {run_dir}")
-    return _print_report(runner(config, run_dir, verbose=args.verbose), run_dir)
+    return _print_report(runner(config, run_dir, verbose=args.verbose), run_dir, args.strict)
 
 
-def _print_report(report: object, run_dir: Path) -> int:
+def _print_report(report: object, run_dir: Path, strict: bool) -> int:
     print()
     print(report.table())  # type: ignore[attr-defined]
     print(f"\nVerdict: {report.verdict}. Report: {run_dir / 'report.md'}")  # type: ignore[attr-defined]
     if "interrupted" in report.title:  # type: ignore[attr-defined]
         return EXIT_INTERRUPTED
-    return EXIT_FAIL if report.verdict == "FAIL" else 0  # type: ignore[attr-defined]
+    return EXIT_FAIL if strict and report.verdict == "FAIL" else 0  # type: ignore[attr-defined]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line.
 
     :param argv: arguments without the program name (None: ``sys.argv[1:]``)
-    :return: exit status: 0 success, 1 a failed verdict or a bad input, 130 interrupted
+    :return: exit status: 0 the run finished and its report was written, 1 a bad input (or a FAIL verdict with
+        ``--strict``), 130 interrupted
     """
     args = build_parser().parse_args(argv)
     try:

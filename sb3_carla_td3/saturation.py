@@ -65,6 +65,7 @@ class ActionSaturationCallback(BaseCallback):
         self.peak: float | None = None
         self.streak = 0
         self.saturated_at_step: int | None = None
+        self.fraction_at_alarm: float | None = None
         self._last_updates: float | None = None
 
     def _measure(self) -> float | None:
@@ -93,7 +94,7 @@ class ActionSaturationCallback(BaseCallback):
         if not alarm:
             return True
         if self.saturated_at_step is None:
-            self.saturated_at_step = self.num_timesteps
+            self.saturated_at_step, self.fraction_at_alarm = self.num_timesteps, fraction
             warn_health(
                 f"actor saturated at timestep {self.num_timesteps}: {fraction:.0%} of action entries at |a| > {SATURATED} "
                 f"for {self.streak} consecutive checks; its tanh gradient is ~0, so the actor has stopped learning"
@@ -103,11 +104,14 @@ class ActionSaturationCallback(BaseCallback):
     def verdict(self) -> HealthVerdict:
         """Whether the actor never stayed saturated for ``patience`` checks.
 
-        :return: value = latest saturated share (at the alarm: that check's), threshold = ``max_fraction``
+        :return: value = the saturated share at the alarm (else the latest), threshold = ``max_fraction``
         """
         if self.latest is None:
             return HealthVerdict(None, None, self.max_fraction, "no actor update checked yet")
         if self.saturated_at_step is not None:
-            detail = f"saturated from timestep {self.saturated_at_step} ({self.patience} consecutive checks)"
-            return HealthVerdict(False, self.latest, self.max_fraction, detail)
+            detail = (
+                f"saturated from timestep {self.saturated_at_step} ({self.patience} consecutive checks); "
+                f"latest share {self.latest:.2f}"
+            )
+            return HealthVerdict(False, self.fraction_at_alarm, self.max_fraction, detail)
         return HealthVerdict(True, self.latest, self.max_fraction, f"peak share {self.peak:.2f} of saturated actions")
