@@ -3,10 +3,10 @@
     python -m benchmarks.train_step [--encoder nature|pooled] [--size 84] [--batch 100] [--steps 10] [--rounds 5]
                                     [--device cpu|cuda] [--options] [--out docs/benchmarks.md]
 
-Both algorithms get the same policy (CnnGruExtractor with the chosen CNN, net_arch [256, 256]), the same replay
-buffer contents, batch size and device; they are timed in interleaved rounds in one process, so that load on a
-shared machine hits all variants alike. ``--options`` also measures CPU options (threads, channels_last,
-torch.compile of the encoders) on TD3CNN.
+Both algorithms get the same policy (CnnGruExtractor with the chosen CNN, net_arch [256, 256]) on a 4-frame
+VecFrameStack of random 1-channel frames, SB3's replay buffer, the same batch size and device; they are timed in
+interleaved rounds in one process, so that load on a shared machine hits all variants alike. ``--options`` also
+measures CPU options (threads, channels_last, torch.compile of the encoders) on TD3CNN.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import torch as th
 from stable_baselines3 import TD3
 from stable_baselines3.common.envs import FakeImageEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
 from benchmarks._report import machine_line, markdown_table, write_section
 from sb3_carla_td3 import TD3CNN, CnnGruExtractor
@@ -27,7 +28,10 @@ from sb3_carla_td3 import TD3CNN, CnnGruExtractor
 
 def build(kind: str, encoder: str, size: int, batch: int, device: str, amp: bool = False) -> Any:
     """A model of ``kind`` ("sb3", "td3cnn", "td3cnn-shared") whose replay buffer holds ``2 * batch`` transitions."""
-    env = FakeImageEnv(screen_height=size, screen_width=size, n_channels=4, discrete=False)
+    # A real 4-frame stack of single-channel frames, so replay samples are shifted (obs, next_obs) pairs.
+    env = VecFrameStack(
+        DummyVecEnv([lambda: FakeImageEnv(screen_height=size, screen_width=size, n_channels=1, discrete=False)]), 4
+    )
     extractor = {"cnn": encoder, "rnn": None if encoder == "nature" else "gru", "frames": 4}
     policy_kwargs = {
         "net_arch": [256, 256],
