@@ -88,40 +88,44 @@ class OptimizedParams:
 
 
 @dataclass
-class ClipNorms:
-    """Gradient norms of one update, as 0-d tensors (read them together with one ``.tolist()``).
+class PreClipNorms:
+    """Gradient norms of one update before clipping, as 0-d tensors (read them together with one ``.tolist()``).
 
-    :param encoder_pre: global norm of the encoder part before clipping
-    :param head_pre: global norm of the head part before clipping
-    :param pre: global norm of everything the optimizer steps, before clipping
-    :param post: global norm measured again from the clipped gradients
+    :param encoder: global norm of the encoder part
+    :param head: global norm of the head part
+    :param total: global norm of everything the optimizer steps, ``sqrt(encoder^2 + head^2)``
     """
 
-    encoder_pre: th.Tensor
-    head_pre: th.Tensor
-    pre: th.Tensor
-    post: th.Tensor
+    encoder: th.Tensor
+    head: th.Tensor
+    total: th.Tensor
 
 
-def clip_gradients(params: OptimizedParams, max_norm: float | None) -> ClipNorms:
-    """Clip the gradients of ``params`` jointly (encoder and head together) to a global L2 norm of ``max_norm``.
-
-    The pre-clip norm is assembled from the two component norms (one pass over the gradients), the clip reuses it,
-    and the post-clip norm is measured again from the clipped gradients rather than assumed.
+def measure_gradients(params: OptimizedParams) -> PreClipNorms:
+    """Global L2 norms of the encoder part, the head part and both, in one pass over the gradients (no host sync).
 
     :param params: the parameters one optimizer steps
-    :param max_norm: L2 norm limit over all of them; None disables clipping (norms are still measured)
-    :return: the norms before and after clipping
+    :return: the pre-clip norms
     """
     device = params.all[0].device if params.all else "cpu"
-    encoder_pre = grad_norm(params.encoder, device)
-    head_pre = grad_norm(params.head, device)
-    pre = th.sqrt(encoder_pre.square() + head_pre.square())
+    encoder, head = grad_norm(params.encoder, device), grad_norm(params.head, device)
+    return PreClipNorms(encoder=encoder, head=head, total=th.sqrt(encoder.square() + head.square()))
+
+
+def clip_to_norm(params: OptimizedParams, max_norm: float, total_norm: th.Tensor) -> float:
+    """Scale the gradients of ``params`` jointly so that their global L2 norm is ``max_norm``, then measure it again.
+
+    Call it only when ``total_norm > max_norm``: below the limit the gradients are left untouched and the post-clip
+    norm equals the pre-clip one, so no pass over the gradients is spent on them.
+
+    :param params: the parameters one optimizer steps (encoder and head together: one joint clip)
+    :param max_norm: the L2 norm limit
+    :param total_norm: their global norm before clipping, from :func:`measure_gradients`
+    :return: the global norm measured from the clipped gradients (not assumed)
+    """
     grads_present = [p for p in params.all if p.grad is not None]
-    if max_norm is not None and grads_present:
-        nn.utils.clip_grads_with_norm_(grads_present, max_norm, pre)
-    post = grad_norm(params.all, device) if max_norm is not None else pre
-    return ClipNorms(encoder_pre=encoder_pre, head_pre=head_pre, pre=pre, post=post)
+    nn.utils.clip_grads_with_norm_(grads_present, max_norm, total_norm)
+    return float(grad_norm(grads_present, total_norm.device))
 
 
 def check_clip(name: str, post_norm: float, max_norm: float | None, check: str) -> None:

@@ -25,7 +25,8 @@ from sb3_carla_td3.gradients import (
     all_finite,
     audit_optimizers,
     check_clip,
-    clip_gradients,
+    clip_to_norm,
+    measure_gradients,
 )
 from sb3_carla_td3.policies import (
     CnnPolicy,
@@ -327,6 +328,9 @@ class TD3CNN(TD3):
     ) -> dict[str, float]:
         """Backward, measure, clip jointly, measure again, verify, then step (or skip a non-finite update).
 
+        One host sync reads the loss, the pre-clip norms and the monitored statistics together (SB3's TD3 syncs
+        once per update too, for ``loss.item()``). Only an update above the limit is scaled and measured again.
+
         :param params: the parameters this side's optimizer steps, split into encoder and head
         :param loss: the scalar loss of this side
         :param max_norm: the side's clip limit (None: no clipping)
@@ -337,17 +341,15 @@ class TD3CNN(TD3):
         optimizer = self.actor.optimizer if side == "actor" else self.critic.optimizer
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norms = clip_gradients(params, max_norm)
+        pre = measure_gradients(params)
         keys = [f"{side}_loss", f"{side}_cnn_grad_norm_pre", f"{side}_head_grad_norm_pre", f"{side}_grad_norm_pre"]
-        keys += [f"{side}_grad_norm_post", *monitored]
-        tensors = [loss.detach(), norms.encoder_pre, norms.head_pre, norms.pre, norms.post, *monitored.values()]
-        values = dict(zip(keys, th.stack([t.float().to(loss.device) for t in tensors]).tolist(), strict=True))
+        tensors = [loss.detach(), pre.encoder, pre.head, pre.total, *monitored.values()]
+        values = dict(zip([*keys, *monitored], th.stack([t.float().to(loss.device) for t in tensors]).tolist(), strict=True))
 
-        if not all_finite([values[f"{side}_loss"], values[f"{side}_grad_norm_pre"]]):
-            message = (
-                f"non-finite {side} update at gradient step {self._n_updates}: loss={values[f'{side}_loss']}, "
-                f"gradient norm={values[f'{side}_grad_norm_pre']}"
-            )
+        pre_norm = values[f"{side}_grad_norm_pre"]
+        if not all_finite([values[f"{side}_loss"], pre_norm]):
+            message = f"non-finite {side} update at gradient step {self._n_updates}: loss={values[f'{side}_loss']}, "
+            message += f"gradient norm={pre_norm}"
             if self.nonfinite_grads == "raise":
                 raise NonFiniteGradientError(message + "; nonfinite_grads='raise'")
             optimizer.zero_grad(set_to_none=True)
@@ -356,10 +358,11 @@ class TD3CNN(TD3):
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             return {f"{side}_skipped": 1.0}
 
-        check_clip(side, values[f"{side}_grad_norm_post"], max_norm, self.clip_check)
+        clipped = max_norm is not None and pre_norm > max_norm
+        post_norm = clip_to_norm(params, max_norm, pre.total) if clipped else pre_norm
+        check_clip(side, post_norm, max_norm, self.clip_check)
         optimizer.step()
-        clipped = max_norm is not None and values[f"{side}_grad_norm_pre"] > max_norm
-        return values | {f"{side}_clipped": float(clipped)}
+        return values | {f"{side}_grad_norm_post": post_norm, f"{side}_clipped": float(clipped)}
 
     def _record_train_stats(self, updates: dict[str, list[dict[str, float]]]) -> None:
         """Log the means over this call's updates per side and keep the latest values in ``last_train_stats``.

@@ -10,7 +10,7 @@ from conftest import make_model
 from torch import nn
 
 from sb3_carla_td3 import GradientClipError, OptimizerCoverageError, parameter_report
-from sb3_carla_td3.gradients import OptimizedParams, check_clip, clip_gradients, grad_norm, sum_of_norms
+from sb3_carla_td3.gradients import OptimizedParams, check_clip, clip_to_norm, grad_norm, measure_gradients, sum_of_norms
 
 
 def params_with_grads(*grads: list[float]) -> list[nn.Parameter]:
@@ -33,20 +33,19 @@ def test_grad_norm_skips_parameters_without_gradient():
     assert float(grad_norm(params)) == pytest.approx(5.0)
 
 
-def test_clip_gradients_scales_jointly_and_measures_again():
+def test_measure_gradients_splits_encoder_and_head_and_combines_them():
+    norms = measure_gradients(OptimizedParams("critic", params_with_grads([3.0, 4.0]), params_with_grads([0.0, 12.0])))
+    assert (float(norms.encoder), float(norms.head), float(norms.total)) == pytest.approx((5.0, 12.0, 13.0))
+
+
+def test_clip_to_norm_scales_jointly_and_measures_again():
     encoder, head = params_with_grads([3.0, 4.0]), params_with_grads([0.0, 12.0])
-    norms = clip_gradients(OptimizedParams("critic", encoder, head), max_norm=1.0)
-    assert float(norms.pre) == pytest.approx(13.0)
-    assert (float(norms.encoder_pre), float(norms.head_pre)) == pytest.approx((5.0, 12.0))
-    assert float(norms.post) == pytest.approx(1.0, rel=1e-5)
+    params = OptimizedParams("critic", encoder, head)
+    post = clip_to_norm(params, 1.0, measure_gradients(params).total)
+    assert post == pytest.approx(1.0, rel=1e-5)
+    assert post == pytest.approx(float(grad_norm(encoder + head)))  # measured from the clipped gradients
     # joint: both parts scaled by the same factor, so their ratio is kept
     assert float(encoder[0].grad.norm()) / float(head[0].grad.norm()) == pytest.approx(5 / 12, rel=1e-6)
-
-
-def test_clip_gradients_below_the_limit_changes_nothing():
-    params = params_with_grads([0.3, 0.4])
-    norms = clip_gradients(OptimizedParams("actor", [], params), max_norm=1.0)
-    assert float(norms.post) == pytest.approx(0.5) and params[0].grad.tolist() == pytest.approx([0.3, 0.4])
 
 
 @pytest.mark.parametrize("post", [1.0, 1.00005])

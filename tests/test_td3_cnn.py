@@ -11,7 +11,7 @@ from conftest import make_image_env, make_model
 
 from sb3_carla_td3 import GradientClipError, NonFiniteGradientError
 from sb3_carla_td3 import td3_cnn as td3_cnn_module
-from sb3_carla_td3.gradients import ClipNorms, grad_norm, sum_of_norms
+from sb3_carla_td3.gradients import grad_norm, sum_of_norms
 
 
 def record_steps(optimizer: th.optim.Optimizer, store: list[dict[str, float]]) -> None:
@@ -81,14 +81,13 @@ def test_clipping_none_measures_but_does_not_clip(filled_model):
     assert filled_model.last_train_stats["critic_grad_norm_pre"] == pytest.approx(steps[0]["global"], rel=1e-5)
 
 
-def _broken_clip(params, max_norm):
+def _broken_clip(params, max_norm, total_norm):
     """A clip that measures but forgets to scale: what verification must catch."""
-    pre = grad_norm(params.all)
-    return ClipNorms(encoder_pre=grad_norm(params.encoder), head_pre=grad_norm(params.head), pre=pre, post=pre)
+    return float(grad_norm(params.all))
 
 
 def test_verification_raises_when_clipping_did_not_happen(filled_model, monkeypatch):
-    monkeypatch.setattr(td3_cnn_module, "clip_gradients", _broken_clip)
+    monkeypatch.setattr(td3_cnn_module, "clip_to_norm", _broken_clip)
     filled_model.critic_grad_clip = 1e-6
     before = [p.detach().clone() for p in filled_model.critic.parameters()]
     with pytest.raises(GradientClipError, match="critic_grad_clip=1e-06"):
@@ -97,7 +96,7 @@ def test_verification_raises_when_clipping_did_not_happen(filled_model, monkeypa
 
 
 def test_verification_can_warn_instead(filled_model, monkeypatch):
-    monkeypatch.setattr(td3_cnn_module, "clip_gradients", _broken_clip)
+    monkeypatch.setattr(td3_cnn_module, "clip_to_norm", _broken_clip)
     filled_model.critic_grad_clip = 1e-6
     filled_model.clip_check = "warn"
     with pytest.warns(RuntimeWarning, match="critic gradient clipping failed"):
