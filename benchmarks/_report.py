@@ -49,7 +49,8 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> Path:
     """
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery table below was written by the command shown above it.\n\n"
+    header = "# Benchmarks\n\nEvery table below was written by the command shown above it.\n\n"
+    text = path.read_text() if path.exists() else header
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)
