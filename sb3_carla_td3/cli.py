@@ -8,9 +8,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sb3_carla_td3.config import RunConfig, env_options_class, load_config
 from sb3_carla_td3.errors import CarlaConnectionError, ConfigError
+
+if TYPE_CHECKING:
+    from sb3_carla_td3.validation.report import PhaseReport
 
 #: Where the shipped configs live (the repository's top-level configs/ directory).
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -101,13 +105,13 @@ def _validate(args: argparse.Namespace) -> int:
     return _print_report(runner(config, run_dir, verbose=args.verbose), run_dir, args.strict)
 
 
-def _print_report(report: object, run_dir: Path, strict: bool) -> int:
+def _print_report(report: PhaseReport, run_dir: Path, strict: bool) -> int:
     print()
-    print(report.table())  # type: ignore[attr-defined]
-    print(f"\nVerdict: {report.verdict}. Report: {run_dir / 'report.md'}")  # type: ignore[attr-defined]
-    if "interrupted" in report.title:  # type: ignore[attr-defined]
+    print(report.table())
+    print(f"\nVerdict: {report.verdict}. Report: {run_dir / 'report.md'}")
+    if "interrupted" in report.title:
         return EXIT_INTERRUPTED
-    return EXIT_FAIL if strict and report.verdict == "FAIL" else 0  # type: ignore[attr-defined]
+    return EXIT_FAIL if strict and report.verdict == "FAIL" else 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ class TD3CNN(TD3):
     :param buffer_size: replay buffer capacity in transitions
     :param learning_starts: env steps of uniform random actions before any gradient update
     :param batch_size: minibatch size of each gradient step
-    :param tau: Polyak coefficient of the target networks (encoders included), in (0, 1]
+    :param tau: Polyak coefficient of the target networks (their encoders too, in separate mode), in (0, 1]
     :param gamma: discount factor, in (0, 1]
     :param train_freq: update every ``train_freq`` steps, or ``(n, "step" | "episode")``
     :param gradient_steps: gradient steps per rollout (-1: as many as env steps collected)

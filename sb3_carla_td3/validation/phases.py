@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sb3_carla_td3.config import RunConfig, config_from_dict
 from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.reports import hyperparameter_report, parameter_report
@@ -105,8 +107,6 @@ def _evaluations(run_dir: Path) -> list[tuple[int, float]]:
     path = run_dir / "eval" / "evaluations.npz"
     if not path.exists():
         return []
-    import numpy as np
-
     data = np.load(path)
     return [(int(t), float(r.mean())) for t, r in zip(data["timesteps"], data["results"], strict=True)]
 
