@@ -249,7 +249,7 @@ class QValueCallback(BaseCallback):
         return stats_q_sample(stats) if "q_max" in stats else None
 
     def _record(self, sample: QSample, bound: float | None, diverged: bool) -> None:
-        for key in ("q_mean", "q_max", "q_abs_max", "target_q_mean", "target_q_max"):
+        for key in ("q_mean", "q_max", "q_abs_max", "policy_q_mean", "target_q_mean", "target_q_max"):
             if getattr(sample, key) is not None:
                 self.logger.record(f"health/{key}", getattr(sample, key))
         if bound is not None:

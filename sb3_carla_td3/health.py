@@ -156,6 +156,9 @@ class QSample:
     :param target_q_mean: mean of r + gamma (1 - d) min Q_target(s', a'); None when not computed
     :param target_q_max: largest target; None when not computed
     :param n_updates: gradient updates the algorithm had done when the sample was taken
+    :param policy_q_mean: mean Q of the actor's own actions, Q(s, pi(s)), the value the actor maximises; it counts in
+        ``q_abs_max``. In the original system it reached 1e5-1e6 while the replay Q stayed at 40-90. None when not
+        computed
     """
 
     q_mean: float
@@ -164,6 +167,7 @@ class QSample:
     target_q_mean: float | None
     target_q_max: float | None
     n_updates: int
+    policy_q_mean: float | None = None
 
 
 def critic_values(output: th.Tensor | Sequence[th.Tensor]) -> th.Tensor:
@@ -208,7 +212,8 @@ def _target_values(model: BaseAlgorithm, data: Any) -> th.Tensor | None:
 
 
 def score_critic(model: BaseAlgorithm, n_samples: int) -> QSample | None:
-    """Score the critic (and, where cheap, its one-step target) on a replay sample, without disturbing training.
+    """Score the critic on a replay sample (its Q of the stored and of the actor's actions, and where cheap its one-step
+    target), without disturbing training.
 
     The global NumPy and torch RNG states are restored afterwards, so a seeded run draws the same batches and noise
     with or without this check.
@@ -226,31 +231,39 @@ def score_critic(model: BaseAlgorithm, n_samples: int) -> QSample | None:
         with th.random.fork_rng(devices=devices), th.no_grad():
             data = buffer.sample(n_samples, env=model.get_vec_normalize_env())
             q_values = critic_values(model.critic(data.observations, data.actions))
+            policy_q = critic_values(model.critic(data.observations, model.actor(data.observations))).mean()
             target = _target_values(model, data)
-            stats = [q_values.mean(), q_values.max(), q_values.abs().max()]
+            stats = [q_values.mean(), q_values.max(), q_values.abs().max(), policy_q]
             if target is not None:
                 stats += [target.mean(), target.max()]
             numbers = th.stack(stats).float().cpu().tolist()
     finally:
         np.random.set_state(numpy_state)
-    targets = numbers[3:] if target is not None else [None, None]
-    return QSample(*numbers[:3], *targets, n_updates=int(getattr(model, "_n_updates", 0)))
+    targets = numbers[4:] if target is not None else [None, None]
+    q_abs_max = max(numbers[2], abs(numbers[3]))
+    return QSample(
+        numbers[0], numbers[1], q_abs_max, *targets, n_updates=int(getattr(model, "_n_updates", 0)), policy_q_mean=numbers[3]
+    )
 
 
 def stats_q_sample(stats: dict[str, float]) -> QSample:
     """Build a :class:`QSample` from TD3CNN's ``last_train_stats`` (latest update; magnitude from mean and max).
 
-    :param stats: the algorithm's ``last_train_stats`` holding ``q1_mean``, ``q_max`` and ``n_updates``
+    :param stats: the algorithm's ``last_train_stats`` holding ``q1_mean``, ``q_max`` and ``n_updates``, and
+        ``actor_q_mean`` once the actor has been updated
     :return: the statistics
     """
     means = [stats[key] for key in ("q1_mean", "q2_mean") if key in stats]
+    policy_q = stats.get("actor_q_mean")
+    magnitudes = [stats["q_max"], stats.get("q_min", stats["q_max"]), *means, *([policy_q] if policy_q is not None else [])]
     return QSample(
         q_mean=float(np.mean(means)),
         q_max=stats["q_max"],
-        q_abs_max=max(abs(value) for value in [stats["q_max"], stats.get("q_min", stats["q_max"]), *means]),
+        q_abs_max=max(abs(value) for value in magnitudes),
         target_q_mean=stats.get("target_q_mean"),
         target_q_max=stats.get("target_q_max"),
         n_updates=int(stats["n_updates"]),
+        policy_q_mean=policy_q,
     )
 
 

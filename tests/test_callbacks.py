@@ -25,7 +25,7 @@ from sb3_carla_td3.callbacks import (
     RewardTrendCallback,
     TrainingHealthCallback,
 )
-from sb3_carla_td3.health import TrainingHealthWarning, divergence_reason, reward_trend
+from sb3_carla_td3.health import TrainingHealthWarning, divergence_reason, reward_trend, score_critic, stats_q_sample
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "monitor_existing_pipeline.py"
 
@@ -339,3 +339,22 @@ def test_example_runs_td3_and_sac() -> None:
 def test_constructor_rejects_invalid_argument(factory: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         factory()
+
+
+def test_policy_q_counts_in_the_magnitude_from_train_stats() -> None:
+    # The original system's replay Q stayed at 40-90 while Q(s, pi(s)) reached 1e5-1e6: the latter must count.
+    stats = {"q1_mean": 50.0, "q2_mean": 60.0, "q_max": 90.0, "q_min": 40.0, "n_updates": 10.0}
+    assert stats_q_sample(stats).q_abs_max == 90.0
+    sample = stats_q_sample(stats | {"actor_q_mean": -1.8e6})
+    assert sample.q_abs_max == 1.8e6 and sample.policy_q_mean == -1.8e6
+
+
+def test_score_critic_sees_a_critic_that_is_huge_only_on_the_actors_actions() -> None:
+    model = TD3("MlpPolicy", "Pendulum-v1", **tiny(learning_starts=1000))
+    model.learn(64)  # random actions in the buffer, never exactly the actor's constant 1.0
+    model.actor.forward = lambda obs: th.ones(len(obs), 1)
+    model.critic.forward = lambda obs, actions: (1e6 * (actions == 1.0).float(), 1e6 * (actions == 1.0).float())
+    sample = score_critic(model, 32)
+    assert sample is not None
+    assert sample.q_max == 0.0
+    assert sample.policy_q_mean == 1e6 and sample.q_abs_max == 1e6
