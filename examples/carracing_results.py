@@ -18,6 +18,7 @@ import multiprocessing
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,16 @@ def _star_run_one(args: tuple[str, int, str, int | None]) -> dict[str, Any]:
 
 
 def _runs(out: Path) -> dict[str, list[dict[str, Any]]]:
-    """name -> per-seed {"seed", "report", "history"} for every finished run under ``out``."""
+    """name -> per-seed {"seed", "report", "history", "config"} for every finished run under ``out``."""
     found: dict[str, list[dict[str, Any]]] = {name: [] for name in SETS}
     for name in SETS:
         for report_path in sorted(out.glob(f"{name}-s*/report.json")):
             history = json.loads((report_path.parent / "history.json").read_text())
             seed = int(report_path.parent.name.rsplit("-s", 1)[1])
-            found[name].append({"seed": seed, "report": json.loads(report_path.read_text()), "history": history})
+            config = _load_yaml(report_path.parent / "config.yaml")
+            found[name].append(
+                {"seed": seed, "report": json.loads(report_path.read_text()), "history": history, "config": config}
+            )
     return found
 
 
@@ -185,7 +189,7 @@ def trend_table(runs: dict[str, list[dict[str, Any]]]) -> str:
     ]
     for name, seeds in runs.items():
         for s in seeds:
-            learning_starts = s["report"]["data"].get("learning_starts", 1000)
+            learning_starts = s["config"]["td3"]["learning_starts"]
             slope, first, last = return_trend(s["history"]["episodes"], learning_starts)
             lines.append(
                 f"| {SETS[name][2]} | {s['seed']} | {len(s['history']['episodes'])} | {slope:+.2f} "
@@ -244,10 +248,11 @@ def draw_curves(runs: dict[str, list[dict[str, Any]]], docs: Path) -> list[Path]
             if not curves:
                 continue
             stacked = np.vstack(curves)
-            with np.errstate(all="ignore"):
-                mean = np.nanmean(stacked, axis=0)
+            with warnings.catch_warnings():  # a bin no seed has data in stays NaN (a gap in the line)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, low, high = (np.nanmean(stacked, 0), np.nanmin(stacked, 0), np.nanmax(stacked, 0))
             ax.plot(centres, mean, marker="o", label=f"{SETS[name][2]} ({len(curves)} seeds)")
-            ax.fill_between(centres, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), alpha=0.2)
+            ax.fill_between(centres, low, high, alpha=0.2)
         if key is None:
             ax.axhline(1.0, color="red", linestyle="--", label="bound 1.5 max|r| / (1 - gamma)")
         ax.set_xlabel("env steps")
