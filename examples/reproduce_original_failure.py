@@ -186,22 +186,33 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for r in results:
         updates = [h["n_updates"] for h in r["history"]]
         ratio = np.array([h["q_abs"] for h in r["history"]]) / r["q_bound"]
-        style = "-" if r["model"] == "MiswiredTD3" else "--"
-        ax.plot(updates, ratio, style, label=f"{r['model']} seed {r['seed']}")
+        miswired = r["model"] == "MiswiredTD3"
+        (line,) = ax.plot(
+            updates,
+            ratio,
+            linewidth=1.6 if miswired else 0.6,
+            alpha=1.0 if miswired else 0.6,
+            label=f"{r['model']} seed {r['seed']}" + (" (policy Q)" if miswired else ""),
+        )
+        if miswired:  # the paradox of the original logs: the replay Q stays small while the policy Q explodes
+            replay = np.array([h["replay_q_abs"] for h in r["history"]]) / r["q_bound"]
+            ax.plot(
+                updates, replay, ":", color=line.get_color(), linewidth=1.0, label=f"{r['model']} seed {r['seed']} replay Q"
+            )
         if r["q_flagged_at_update"] is not None:
-            ax.axvline(r["q_flagged_at_update"], color=ax.lines[-1].get_color(), alpha=0.4, linestyle=":")
+            ax.axvline(r["q_flagged_at_update"], color=line.get_color(), alpha=0.5, linestyle="-.")
     ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="bound 1.5 max|r| / (1 - gamma)")
     ax.axhline(10.0, color="black", linestyle="--", linewidth=1, label="10x the bound")
     ax.set_yscale("log")
     ax.set_xlabel("gradient updates")
     ax.set_ylabel("max |Q| (replay and policy) / bound")
-    ax.set_title("Q-values: original wiring vs TD3CNN (dotted: Q check fired)")
+    ax.set_title("Q-values: original wiring vs TD3CNN (dash-dot: the Q check fired)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -215,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=36, help="frame side in pixels (36 is NatureCNN's minimum)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce"))
+    parser.add_argument("--replot", action="store_true", help="redraw the table and figure from OUT/results.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        results = json.loads((args.out / "results.json").read_text())
+        print(table(results))
+        print(f"wrote {plot(results, args.out / 'q_explosion.png')}")
+        return 0
     if args.threads is not None:
         th.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
