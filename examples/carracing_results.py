@@ -259,6 +259,7 @@ def draw_curves(runs: dict[str, list[dict[str, Any]]], docs: Path) -> list[Path]
             ax.fill_between(centres, low, high, alpha=0.2)
         if key is None:
             ax.axhline(1.0, color="red", linestyle="--", label="bound 1.5 max|r| / (1 - gamma)")
+            ax.set_yscale("log")
         ax.set_xlabel("env steps")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
