@@ -170,7 +170,8 @@ class QValueCallback(BaseCallback):
 
     Plain SB3: every ``check_freq`` timesteps the critic (and, for TD3/DDPG/SAC, its one-step target) is scored on
     ``n_samples`` replay transitions. TD3CNN: after every ``train()`` call, ``last_train_stats`` give the latest
-    update's Q statistics. The tested quantity is the largest |Q| (``health/q_abs_max``). With ``B = max|r| / (1 - gamma)``,
+    update's Q statistics. The tested quantity is the largest |Q| (``health/q_abs_max``), over the replay actions and
+    the actor's own, Q(s, pi(s)) (``health/policy_q_mean``). With ``B = max|r| / (1 - gamma)``,
     max|r| the largest |reward| observed so far (``self.locals["rewards"]``), there are two tests:
 
     - bound: |Q| > ``margin * B + atol`` (logged as ``health/q_bound``); no return can be larger than B;
