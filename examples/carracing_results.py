@@ -32,8 +32,10 @@ SETS: dict[str, tuple[str, dict[str, dict[str, Any]], str]] = {
     "phase1": ("phase1_validation.yaml", {}, "phase-1 config (shared encoder)"),
     "seed_broken": ("seed_broken.yaml", {}, "seed_broken.yaml (gamma 0.9, critic lr 1e-4, tau 0.001, batch 256)"),
     "separate": ("phase1_validation.yaml", {"encoder": {"mode": "separate"}}, "phase-1 config, separate encoders"),
-    # A follow-up, not in the default set: does a 10x lower actor learning rate keep the actor out of saturation?
+    # Follow-ups, not in the default set. Does a 10x lower actor learning rate keep the actor out of saturation?
     "actor_lr_1e-4": ("phase1_validation.yaml", {"td3": {"actor_lr": 1e-4}}, "phase-1 config, actor lr 1e-4"),
+    # A follow-up: 4 physics frames per step make gamma 0.99 look 8 s ahead instead of 2 s.
+    "action_repeat_4": ("phase1_validation.yaml", {"env": {"action_repeat": 4}}, "phase-1 config, action_repeat 4"),
 }
 #: The sets ``run`` trains unless ``--sets`` names others.
 DEFAULT_SETS = ("phase1", "seed_broken", "separate")
