@@ -68,17 +68,9 @@ class MiswiredTD3(TD3CNN):
 
             critic_features = self.critic.extract_features(data.observations, critic_cnn)
             critic_input = th.cat([critic_features, data.actions], dim=1)
-            current_q = [q(critic_input) for q in self.critic.q_networks]
+            current_q = tuple(q(critic_input) for q in self.critic.q_networks)
             critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
-            all_q = th.cat(current_q, dim=1).detach()
-            q_stats = {
-                "q1_mean": current_q[0].mean(),
-                "q2_mean": current_q[1].mean(),
-                "q_max": all_q.max(),
-                "q_min": all_q.min(),
-                "target_q_mean": target_q.mean(),
-                "target_q_max": target_q.max(),
-            }
+            q_stats = self._q_statistics(current_q, target_q)
             critic_updates.append(self._optimizer_step(self._critic_params, critic_loss, self.critic_grad_clip, q_stats))
 
             if self._n_updates % self.policy_delay == 0:

@@ -288,16 +288,7 @@ class TD3CNN(TD3):
 
             current_q = self.critic(obs_input, replay_data.actions)
             critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
-            all_q = th.cat(current_q, dim=1).detach()
-            q_stats = {
-                "q1_mean": current_q[0].mean(),
-                "q_max": all_q.max(),
-                "q_min": all_q.min(),
-                "target_q_mean": target_q.mean(),
-                "target_q_max": target_q.max(),
-            }
-            if len(current_q) > 1:
-                q_stats["q2_mean"] = current_q[1].mean()
+            q_stats = self._q_statistics(current_q, target_q)
             # Critic norms are read right after the critic backward: the actor loss below deposits grads on qf0.
             critic_updates.append(self._optimizer_step(self._critic_params, critic_loss, self.critic_grad_clip, q_stats))
 
@@ -322,6 +313,26 @@ class TD3CNN(TD3):
         elapsed = time.perf_counter() - started
         self.last_train_stats["seconds_per_update"] = elapsed / max(gradient_steps, 1)
         self._warn_if_slow(elapsed, gradient_steps)
+
+    @staticmethod
+    def _q_statistics(current_q: tuple[th.Tensor, ...], target_q: th.Tensor) -> dict[str, th.Tensor]:
+        """The Q statistics logged per update, as 0-d tensors read in the critic step's single host sync.
+
+        :param current_q: each critic's Q(s, a) on the replay batch, ``(batch, 1)`` each
+        :param target_q: the TD target, ``(batch, 1)``
+        :return: ``q1_mean`` (and ``q2_mean``), ``q_max``, ``q_min``, ``target_q_mean``, ``target_q_max``
+        """
+        all_q = th.cat(current_q, dim=1).detach()
+        stats = {
+            "q1_mean": current_q[0].mean(),
+            "q_max": all_q.max(),
+            "q_min": all_q.min(),
+            "target_q_mean": target_q.mean(),
+            "target_q_max": target_q.max(),
+        }
+        if len(current_q) > 1:
+            stats["q2_mean"] = current_q[1].mean()
+        return stats
 
     def _optimizer_step(
         self, params: OptimizedParams, loss: th.Tensor, max_norm: float | None, monitored: dict[str, th.Tensor]
