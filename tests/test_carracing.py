@@ -278,6 +278,10 @@ def test_from_dict_builds_config() -> None:
         ("action_repeat", 0),
         ("lap_complete_percent", 0.0),
         ("lap_complete_percent", 1.5),
+        ("pedal", "brake"),
+        ("pedal", 1),
+        ("stuck_penalty", 1.0),
+        ("image_obs", "no"),
     ],
 )
 def test_invalid_config_value_raises_config_error(name: str, value: Any) -> None:
@@ -344,3 +348,67 @@ def test_stuck_counter_waits_for_the_zoom_in_without_skip_zoom() -> None:
     truncated_at = [step for step in range(60) if env.step(IDLE)[3]]
     # Reset ran frame 1 of the 50-frame (1 s) zoom-in and steps 0-47 frames 2-49; steps 48-52 are the 5 slow steps.
     assert truncated_at[0] == 52
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        ([0.3, 1.0], [0.3, 1.0, 0.0]),  # full pedal: full gas
+        ([0.0, 0.0], [0.0, 0.5, 0.0]),  # zero (a tanh actor's centre): half gas, so the car moves
+        ([0.0, -1.0], [0.0, 0.0, 0.0]),  # the lowest pedal is no gas, never the brake
+    ],
+)
+def test_gas_pedal_maps_the_whole_range_onto_gas(action: list[float], expected: list[float]) -> None:
+    env = make_env(image_size=36, pedal="gas")
+    env.reset(seed=0)
+    controls = capture_controls(env)
+    env.step(np.array(action, dtype=np.float32))
+    np.testing.assert_allclose(controls[-1], expected)
+
+
+def test_uniform_random_actions_drive_faster_with_the_gas_pedal() -> None:
+    """The split pedal brakes half the time, so random exploration crawls; the gas pedal drives the car."""
+    mean_speed = {}
+    for pedal in ("split", "gas"):
+        speeds = []
+        for seed in range(3):
+            env = make_env(image_obs=False, vector_obs=True, pedal=pedal, action_repeat=4, offtrack_steps=0, stuck_steps=0)
+            env.reset(seed=seed)
+            rng = np.random.default_rng(seed)
+            speeds += [env.step(rng.uniform(-1, 1, 2).astype(np.float32))[4]["speed"] for _ in range(60)][20:]
+        mean_speed[pedal] = float(np.mean(speeds))
+    assert mean_speed["gas"] > 2 * mean_speed["split"], mean_speed
+
+
+def test_stuck_penalty_makes_stuck_a_penalised_termination() -> None:
+    env = make_env(image_size=36, stuck_steps=5, stuck_speed=1.0, stuck_penalty=-30.0)
+    env.reset(seed=0)
+    ends = [env.step(IDLE)[1:] for _ in range(5)]
+    rewards = [reward for reward, *_ in ends]
+    assert [(terminated, truncated) for _, terminated, truncated, _ in ends] == [(False, False)] * 4 + [(True, False)]
+    assert ends[-1][3]["reason"] == "stuck"
+    assert rewards[-1] - rewards[-2] == pytest.approx(-30.0)
+
+
+def test_vector_only_observation_is_the_vector_box_and_renders_nothing() -> None:
+    env = make_env(image_obs=False, vector_obs=True)
+    gym_check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (len(VECTOR_FIELDS),) and obs.dtype == np.float32
+    env._core.state_pixels = None  # any render would now fail
+    obs, *_ = env.step(IDLE)
+    assert env.observation_space.contains(obs)
+    assert env.frame_stack == 1
+
+
+def test_vector_only_observation_equals_the_dict_vector() -> None:
+    vector_env, dict_env = make_env(image_obs=False, vector_obs=True), make_env(image_size=36, vector_obs=True)
+    vector_env.reset(seed=3), dict_env.reset(seed=3)
+    for _ in range(10):
+        vector, dict_obs = vector_env.step(STEER_RIGHT_FULL_GAS)[0], dict_env.step(STEER_RIGHT_FULL_GAS)[0]
+    np.testing.assert_array_equal(vector, dict_obs["vector"])
+
+
+def test_observing_nothing_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="image_obs and vector_obs are both false"):
+        CarRacingConfig(image_obs=False, vector_obs=False)

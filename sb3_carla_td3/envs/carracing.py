@@ -53,7 +53,11 @@ _CONFIG_LIMITS: dict[str, tuple[type, float | None, float | None]] = {
     "stuck_speed": (float, 0.0, None),
     "action_repeat": (int, 1, 16),
     "lap_complete_percent": (float, 0.0, 1.0),  # lowest value excluded
+    "stuck_penalty": (float, None, 0.0),
+    "pedal": (str, None, None),
 }
+#: The ``pedal`` mappings of the throttle_brake action ``a`` in [-1, 1] to CarRacing's (gas, brake) pedals.
+PEDAL_MAPPINGS: tuple[str, ...] = ("split", "gas")
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as Pillow's convert("L")
 
 
@@ -66,11 +70,21 @@ class CarRacingConfig:
     grayscale: bool = field(default=True, metadata={"help": "one luma channel per frame instead of three RGB channels"})
     crop_hud: bool = field(default=True, metadata={"help": "cut the 12-px indicator strip and 6 px per side (84x84 px)"})
     vector_obs: bool = field(default=False, metadata={"help": "Dict observation with the car-physics 'vector'"})
+    image_obs: bool = field(
+        default=True, metadata={"help": "observe the camera frames; false (with vector_obs): the vector alone, no rendering"}
+    )
+    pedal: str = field(
+        default="split",
+        metadata={"help": "throttle_brake mapping: split (a > 0 gas, a < 0 brake) or gas (gas (a + 1) / 2, no brake)"},
+    )
     max_episode_steps: int = field(default=1000, metadata={"help": "truncate after this many env steps, >= 1"})
     offtrack_steps: int = field(default=25, metadata={"help": "terminate after N steps with all wheels off; 0 = off"})
     offtrack_penalty: float = field(default=-100.0, metadata={"help": "reward added on off-track termination, <= 0"})
     stuck_steps: int = field(default=100, metadata={"help": "truncate after N steps below stuck_speed; 0 = off"})
     stuck_speed: float = field(default=1.0, metadata={"help": "speed below which the car counts as stuck, m/s, >= 0"})
+    stuck_penalty: float = field(
+        default=0.0, metadata={"help": "reward added on a stuck ending, <= 0; non-zero makes 'stuck' a termination"}
+    )
     action_repeat: int = field(default=1, metadata={"help": "physics frames (1/50 s each) per env step, 1-16"})
     skip_zoom: bool = field(default=True, metadata={"help": "reset runs the 1-s zoom-in animation without rendering"})
     domain_randomize: bool = field(default=False, metadata={"help": "random grass and road colours at every reset"})
@@ -82,6 +96,8 @@ class CarRacingConfig:
             kind, low, high = _CONFIG_LIMITS.get(f.name, (bool, None, None))
             if kind is bool and not isinstance(value, bool):
                 raise ConfigError(f"CarRacingConfig.{f.name} must be true or false, got {value!r}")
+            if kind is str and value not in PEDAL_MAPPINGS:
+                raise ConfigError(f"CarRacingConfig.{f.name} must be one of {', '.join(PEDAL_MAPPINGS)}, got {value!r}")
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"CarRacingConfig.{f.name} must be an integer, got {value!r}")
             if kind is float:
@@ -91,6 +107,8 @@ class CarRacingConfig:
             too_low = low is not None and (value <= low if f.name == "lap_complete_percent" else value < low)
             if too_low or (high is not None and value > high):
                 raise ConfigError(f"CarRacingConfig.{f.name} is out of range ({f.metadata['help']}), got {value!r}")
+        if not (self.image_obs or self.vector_obs):
+            raise ConfigError("CarRacingConfig: image_obs and vector_obs are both false; the env would observe nothing")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CarRacingConfig:
@@ -262,11 +280,15 @@ class CarRacingEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         size = config.image_size
         image_space = spaces.Box(0, 255, shape=(config.frames * self._channels, size, size), dtype=np.uint8)
-        if config.vector_obs:
-            vector_space = spaces.Box(_VECTOR_LOW, _VECTOR_HIGH, dtype=np.float32)
+        vector_space = spaces.Box(_VECTOR_LOW, _VECTOR_HIGH, dtype=np.float32)
+        if not config.image_obs:
+            self.observation_space = vector_space
+        elif config.vector_obs:
             self.observation_space = spaces.Dict({"image": image_space, "vector": vector_space})
         else:
             self.observation_space = image_space
+        if not config.image_obs:
+            self.frame_stack = 1  # no image, nothing stacked (the replay buffer must not look for frames)
         self._stack = np.zeros(image_space.shape, dtype=np.uint8)
         self._steps = self._offtrack_count = self._stuck_count = 0
 
@@ -290,7 +312,8 @@ class CarRacingEnv(gym.Env):
         self._track_xy, self._track_beta = track[:, 2:4], track[:, 1]
         self._steps = self._offtrack_count = self._stuck_count = 0
         self._stack[:] = 0
-        self._stack[-self._channels :] = self._frame()
+        if self.config.image_obs:
+            self._stack[-self._channels :] = self._frame()
         return self._observation(), self._info(None)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray | dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -306,7 +329,10 @@ class CarRacingEnv(gym.Env):
         if values is None or values.shape != (2,) or not np.all(np.isfinite(values)):
             raise ValueError(f"action must be a finite array of shape (2,) in {self.action_space}, got {action!r}")
         steer, pedal = np.clip(values, -1.0, 1.0).tolist()
-        control = np.array([steer, max(pedal, 0.0), max(-pedal, 0.0)])  # CarRacing's [steer, gas, brake]
+        if self.config.pedal == "gas":  # the whole range is gas: zero (and uniform random actions) move the car
+            control = np.array([steer, (pedal + 1.0) / 2.0, 0.0])  # CarRacing's [steer, gas, brake]
+        else:
+            control = np.array([steer, max(pedal, 0.0), max(-pedal, 0.0)])
         reward, terminated, inner_info = 0.0, False, {}
         for _ in range(self.config.action_repeat):
             _, frame_reward, terminated, _, inner_info = self._core.step(control)
@@ -322,10 +348,16 @@ class CarRacingEnv(gym.Env):
         reason = self._end_reason(terminated, bool(inner_info.get("lap_finished")))
         if reason == "offtrack":
             reward += self.config.offtrack_penalty
-        self._stack[: -self._channels] = self._stack[self._channels :]
-        self._stack[-self._channels :] = self._frame()
-        terminated = reason in ("lap_complete", "out_of_playfield", "offtrack")
-        return self._observation(), reward, terminated, reason in ("stuck", "max_steps"), self._info(reason)
+        elif reason == "stuck":
+            reward += self.config.stuck_penalty
+        if self.config.image_obs:
+            self._stack[: -self._channels] = self._stack[self._channels :]
+            self._stack[-self._channels :] = self._frame()
+        # A penalised stop is the agent's doing: a termination. Unpenalised, "stuck" only truncates (bootstrapped).
+        terminal = ("lap_complete", "out_of_playfield", "offtrack") + (("stuck",) if self.config.stuck_penalty else ())
+        terminated = reason in terminal
+        truncated = reason is not None and not terminated
+        return self._observation(), reward, terminated, truncated, self._info(reason)
 
     def _end_reason(self, carracing_terminated: bool, lap_finished: bool) -> str | None:
         """Name why the episode ends after this step, the first that applies in the order of the class docstring.
@@ -398,6 +430,8 @@ class CarRacingEnv(gym.Env):
 
     def _observation(self) -> np.ndarray | dict[str, np.ndarray]:
         """:return: a copy of the frame stack, with the physics vector in a Dict when ``vector_obs``"""
+        if not self.config.image_obs:
+            return self._vector()
         if self.config.vector_obs:
             return {"image": self._stack.copy(), "vector": self._vector()}
         return self._stack.copy()
