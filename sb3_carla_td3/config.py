@@ -20,9 +20,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import yaml
-from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.noise import ActionNoise, NormalActionNoise
 
 from sb3_carla_td3.errors import ConfigError
+from sb3_carla_td3.noise import LinearDecayNormalNoise
 
 #: The environments a config's ``env.name`` can name, and the dataclass holding their options.
 ENV_CONFIG_CLASSES: dict[str, str] = {
@@ -72,6 +73,12 @@ class TD3Config:
     """Clip of the smoothing noise (alias: noise_clip)."""
     exploration_noise: float = 0.1
     """Std of the Gaussian exploration noise added to actions in [-1, 1]; 0 disables it."""
+    exploration_noise_final: float | None = None
+    """Std the exploration noise decays to, linearly (DrQ-v2); null: constant exploration_noise."""
+    exploration_noise_decay_steps: int = 100_000
+    """Env steps (after learning_starts) over which the noise std decays to exploration_noise_final."""
+    preact_penalty: float = 0.0
+    """Weight of mean(u^2), u the actor's pre-tanh output, in the actor loss; keeps it off +-1 (0: off)."""
     train_freq: int = 1
     """Env steps between training calls."""
     gradient_steps: int = 1
@@ -101,6 +108,11 @@ class TD3Config:
         _check(self.target_policy_noise >= 0, "target_policy_noise", self.target_policy_noise, ">= 0")
         _check(self.target_noise_clip >= 0, "target_noise_clip", self.target_noise_clip, ">= 0")
         _check(self.exploration_noise >= 0, "exploration_noise", self.exploration_noise, ">= 0")
+        final = self.exploration_noise_final
+        _check(final is None or final >= 0, "exploration_noise_final", final, ">= 0 or null")
+        steps = self.exploration_noise_decay_steps
+        _check(steps >= 1, "exploration_noise_decay_steps", steps, ">= 1")
+        _check(self.preact_penalty >= 0, "preact_penalty", self.preact_penalty, ">= 0 (0: off)")
         _check(self.train_freq >= 1, "train_freq", self.train_freq, ">= 1")
         _check(self.gradient_steps >= 1 or self.gradient_steps == -1, "gradient_steps", self.gradient_steps, ">= 1 or -1")
         for name in ("actor_grad_clip", "critic_grad_clip"):
@@ -282,8 +294,11 @@ class RunConfig:
         :return: keyword arguments for ``TD3CNN(policy, env, **kwargs)``
         """
         td3, encoder = self.td3, self.encoder
-        noise = None
-        if td3.exploration_noise > 0:
+        noise: ActionNoise | None = None
+        if td3.exploration_noise_final is not None:
+            sigma, final = np.full(n_actions, td3.exploration_noise), np.full(n_actions, td3.exploration_noise_final)
+            noise = LinearDecayNormalNoise(np.zeros(n_actions), sigma, final, td3.exploration_noise_decay_steps)
+        elif td3.exploration_noise > 0:
             noise = NormalActionNoise(np.zeros(n_actions), np.full(n_actions, td3.exploration_noise))
         extractor_kwargs: dict[str, Any] = {
             "cnn": encoder.cnn,
@@ -315,6 +330,7 @@ class RunConfig:
             "nonfinite_grads": td3.nonfinite_grads,
             "encoder": encoder.mode,
             "replay_buffer": td3.replay_buffer,
+            "preact_penalty": td3.preact_penalty,
             "policy_kwargs": {"net_arch": list(encoder.net_arch), "features_extractor_kwargs": extractor_kwargs},
             "seed": self.run.seed,
             "device": self.run.device,

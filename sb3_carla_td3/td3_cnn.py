@@ -89,6 +89,8 @@ class TD3CNN(TD3):
     :param replay_buffer: "auto" (store each frame once when the env is a frame stack: VecFrameStack or an env with a
         ``frame_stack`` attribute), "frame_stack" (always; ``frames`` from the policy's extractor) or "sb3" (SB3's
         default); ignored when ``replay_buffer_class`` is given
+    :param preact_penalty: weight of ``mean(u ** 2)`` added to the actor loss, ``u`` being the actor's output before
+        its tanh; keeps the actor off the +-1 plateaus where its gradient vanishes (0: off, plain TD3)
     :param stats_window_size: episodes averaged in the rollout logs
     :param tensorboard_log: TensorBoard directory (None: none)
     :param policy_kwargs: policy keyword arguments (``features_extractor_kwargs``, ``net_arch``, ...)
@@ -132,6 +134,7 @@ class TD3CNN(TD3):
         nonfinite_grads: str = "skip",
         encoder: str = "separate",
         replay_buffer: str = "auto",
+        preact_penalty: float = 0.0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -155,6 +158,9 @@ class TD3CNN(TD3):
             if policy not in SHARED_POLICIES:
                 raise ValueError(f"encoder='shared' needs an image policy {sorted(SHARED_POLICIES)}, got {policy!r}")
             policy = SHARED_POLICIES[policy]
+        is_number = isinstance(preact_penalty, (int, float)) and not isinstance(preact_penalty, bool)
+        if not (is_number and np.isfinite(preact_penalty) and preact_penalty >= 0):
+            raise ValueError(f"preact_penalty must be a finite float >= 0 (0: off), got {preact_penalty!r}")
         for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr)):
             if isinstance(lr, (int, float)) and not lr > 0:
                 raise ValueError(f"{name} must be a positive float, a schedule or None, got {lr!r}")
@@ -166,6 +172,7 @@ class TD3CNN(TD3):
         self.nonfinite_grads = nonfinite_grads
         self.encoder = encoder
         self.replay_buffer_choice = replay_buffer
+        self.preact_penalty = float(preact_penalty)
         self.nonfinite_skips = 0
         self.last_train_stats: dict[str, float] = {}
         self._slow_step_checked = False
@@ -209,6 +216,8 @@ class TD3CNN(TD3):
         self._actor_params = OptimizedParams.from_optimizer("actor", self.actor.optimizer, self.actor.features_extractor)
         self._critic_params = OptimizedParams.from_optimizer("critic", self.critic.optimizer, critic_encoder)
         self.audit_optimizers()
+        if not isinstance(self.actor.mu[-1], th.nn.Tanh):
+            raise ValueError(f"TD3CNN needs an actor whose last layer is a tanh, got {self.actor.mu[-1]!r}")
         if self.verbose >= 1:
             from sb3_carla_td3.reports import parameter_report
 
@@ -296,12 +305,14 @@ class TD3CNN(TD3):
                 # Separate: q1_forward re-encodes obs with the critic's own encoder, so critic heads only ever see
                 # critic features. Shared: actor and critic head read the critic-trained features, detached.
                 actor_input = obs_input.detach() if self._shared else obs
-                policy_actions = self.actor(actor_input)
+                policy_actions, preact = self._actor_forward(actor_input)
                 actor_q = self.critic.q1_forward(actor_input, policy_actions)
-                actor_loss = -actor_q.mean()
+                preact_sq = preact.pow(2).mean()
+                actor_loss = -actor_q.mean() + self.preact_penalty * preact_sq
                 # A tanh actor pinned at +-1 has ~0 gradient: the share of saturated entries makes that visible.
                 saturated = (policy_actions.detach().abs() > SATURATED).float().mean()
                 actor_q_stats = {"actor_q_mean": actor_q.mean(), "actor_saturation": saturated}
+                actor_q_stats["actor_preact_sq"] = preact_sq.detach()
                 actor_updates.append(self._optimizer_step(self._actor_params, actor_loss, self.actor_grad_clip, actor_q_stats))
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
                 polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
@@ -313,6 +324,16 @@ class TD3CNN(TD3):
         elapsed = time.perf_counter() - started
         self.last_train_stats["seconds_per_update"] = elapsed / max(gradient_steps, 1)
         self._warn_if_slow(elapsed, gradient_steps)
+
+    def _actor_forward(self, actor_input: Any) -> tuple[th.Tensor, th.Tensor]:
+        """The actor's actions and their pre-tanh values ``u`` (``actions = tanh(u)``).
+
+        :param actor_input: observations (separate mode) or detached encoder features (shared mode)
+        :return: (actions, pre-tanh values), each ``(batch, action_dim)``
+        """
+        features = self.actor.extract_features(actor_input, self.actor.features_extractor)
+        preact = self.actor.mu[:-1](features)
+        return self.actor.mu[-1](preact), preact
 
     @staticmethod
     def _q_statistics(current_q: tuple[th.Tensor, ...], target_q: th.Tensor) -> dict[str, th.Tensor]:

@@ -206,6 +206,9 @@ def test_learning_rate_schedules_update_each_side():
         ({"clip_check": "sometimes"}, "clip_check"),
         ({"nonfinite_grads": "ignore"}, "nonfinite_grads"),
         ({"actor_lr": 0.0}, "actor_lr"),
+        ({"preact_penalty": -0.1}, "preact_penalty"),
+        ({"preact_penalty": float("inf")}, "preact_penalty"),
+        ({"preact_penalty": True}, "preact_penalty"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, message):
@@ -284,3 +287,35 @@ def test_shared_encoder_save_load_round_trip(tmp_path):
     assert loaded.encoder == "shared" and loaded._shared
     obs = np.stack([make_image_env().observation_space.sample() for _ in range(2)])
     np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_preact_penalty_is_added_to_the_actor_loss(filled_model):
+    filled_model.preact_penalty = 0.5
+    filled_model.train(gradient_steps=2, batch_size=8)
+    stats = filled_model.last_train_stats
+    assert stats["actor_preact_sq"] > 0
+    expected = -stats["actor_q_mean"] + 0.5 * stats["actor_preact_sq"]
+    assert stats["actor_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_pre_tanh_values_are_the_actors_output_before_its_tanh(filled_model):
+    obs = th.as_tensor(np.stack([make_image_env().observation_space.sample() for _ in range(4)]))
+    obs = filled_model.policy.obs_to_tensor(obs.numpy())[0]
+    actions, preact = filled_model._actor_forward(obs)
+    th.testing.assert_close(actions, th.tanh(preact))
+    th.testing.assert_close(actions, filled_model.actor(obs))
+
+
+@pytest.mark.parametrize("encoder", ["separate", "shared"])
+def test_preact_penalty_pulls_a_saturated_actor_off_its_plateau(encoder):
+    """Scale the actor's last layer so that tanh saturates; the penalty (and only it) brings the outputs back."""
+    results = {}
+    for penalty in (0.0, 10.0):
+        model = make_model(learning_starts=1000, encoder=encoder, preact_penalty=penalty, actor_lr=1e-2, critic_lr=1e-12)
+        model.learn(40)
+        with th.no_grad():
+            model.actor.mu[-2].weight.mul_(50.0)
+            model.actor.mu[-2].bias.fill_(5.0)
+        model.train(gradient_steps=60, batch_size=8)
+        results[penalty] = model.last_train_stats["actor_preact_sq"]
+    assert results[10.0] < 0.1 * results[0.0], results
