@@ -145,6 +145,8 @@ class EncoderConfig:
     """Hidden layers of the actor and critic heads."""
     vector_mlp: list[int] | None = None
     """Hidden layers applied to the vector observation before concatenation; null: concatenate as is."""
+    trunk: int | None = None
+    """Size of DrQ-v2's bounded image-feature trunk (Linear -> LayerNorm -> tanh); null: none."""
 
     def __post_init__(self) -> None:
         _check(self.mode in ("separate", "shared"), "mode", self.mode, "separate, shared")
@@ -154,6 +156,7 @@ class EncoderConfig:
         _check(self.rnn_hidden >= 1, "rnn_hidden", self.rnn_hidden, ">= 1")
         _check(self.frames is None or self.frames >= 1, "frames", self.frames, ">= 1 or null")
         _check(all(n >= 1 for n in self.net_arch), "net_arch", self.net_arch, "positive layer sizes")
+        _check(self.trunk is None or self.trunk >= 1, "trunk", self.trunk, ">= 1 or null")
 
 
 @dataclass
@@ -306,6 +309,7 @@ class RunConfig:
             "cnn_features": encoder.cnn_features,
             "rnn_hidden": encoder.rnn_hidden,
             "vector_mlp": encoder.vector_mlp,
+            "trunk": encoder.trunk,
         }
         if encoder.frames is not None:
             extractor_kwargs["frames"] = encoder.frames

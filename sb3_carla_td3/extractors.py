@@ -217,6 +217,8 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         concatenates them as they are. Needs a Dict space with at least one vector key
     :param normalized_image: the images are already scaled floats: skip the uint8 dtype and [0, 255] bounds checks
         (mirrors ``NatureCNN``'s flag)
+    :param trunk: size of DrQ-v2's bounded feature trunk, Linear -> LayerNorm -> tanh, applied to the image features
+        (so they live in [-1, 1] on the scale of the vector keys); ``None`` (default): no trunk
     """
 
     def __init__(
@@ -230,8 +232,11 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         image_key: str = "image",
         vector_mlp: list[int] | None = None,
         normalized_image: bool = False,
+        trunk: int | None = None,
     ) -> None:
         _check_arguments(frames, cnn, cnn_features, rnn, rnn_hidden, vector_mlp)
+        if trunk is not None and (isinstance(trunk, bool) or not isinstance(trunk, int) or trunk < 1):
+            raise ValueError(f"trunk must be a positive int (the trunk's features) or None, got {trunk!r}")
         image_space, vector_spaces = _split_space(observation_space, image_key)
         _check_image_space(image_space, frames, cnn, normalized_image)
         if vector_mlp is not None and not vector_spaces:
@@ -239,7 +244,8 @@ class CnnGruExtractor(BaseFeaturesExtractor):
                 f"vector_mlp={vector_mlp!r} needs a Dict observation space with vector keys besides {image_key!r}, "
                 f"got {observation_space}; pass vector_mlp=None"
             )
-        image_features = cnn_features if rnn is None else rnn_hidden
+        encoder_features = cnn_features if rnn is None else rnn_hidden
+        image_features = encoder_features if trunk is None else trunk
         vector_dim = sum(int(space.shape[0]) for space in vector_spaces.values())
         vector_features = vector_mlp[-1] if vector_mlp else vector_dim
         super().__init__(observation_space, image_features + vector_features)
@@ -261,6 +267,9 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         if rnn is not None:
             rnn_class = nn.GRU if rnn == "gru" else nn.LSTM
             self.rnn = rnn_class(input_size=cnn_features, hidden_size=rnn_hidden, batch_first=True)
+        self.trunk: nn.Sequential | None = None
+        if trunk is not None:
+            self.trunk = nn.Sequential(nn.Linear(encoder_features, trunk), nn.LayerNorm(trunk), nn.Tanh())
         self.vector_net: nn.Sequential | None = None
         if vector_mlp:
             sizes = [vector_dim, *vector_mlp]
@@ -277,8 +286,12 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         """
         images = images.float()
         if self.rnn is None:
-            return self.cnn(images)
-        return self._recur(self._frame_features(images))
+            return self._project(self.cnn(images))
+        return self._project(self._recur(self._frame_features(images)))
+
+    def _project(self, features: th.Tensor) -> th.Tensor:
+        """(batch, cnn_features or rnn_hidden) -> (batch, image_features_dim): the trunk, when there is one."""
+        return features if self.trunk is None else self.trunk(features)
 
     def _frame_features(self, images: th.Tensor) -> th.Tensor:
         """(batch, frames * C, H, W) -> (batch, frames, cnn_features), one CNN call for every frame."""
@@ -313,8 +326,8 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         frames = self._frame_features(images)
         with th.no_grad():
             newest = self.cnn(next_images[:, -c:].float())  # (batch, cnn_features)
-            next_features = self._recur(th.cat([frames[:, 1:].detach(), newest[:, None]], dim=1))
-        return self._recur(frames), next_features
+            next_features = self._project(self._recur(th.cat([frames[:, 1:].detach(), newest[:, None]], dim=1)))
+        return self._project(self._recur(frames)), next_features
 
     def forward(self, observations: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
         """(batch, frames * C, H, W) -> (batch, features_dim); Dict: image as above, vectors (batch, D_k) appended.

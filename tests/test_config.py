@@ -143,7 +143,8 @@ def test_every_td3_and_encoder_key_reaches_the_model_kwargs():
     config = config_from_dict({})
     kwargs = config.model_kwargs(n_actions=2)
     extractor = kwargs["policy_kwargs"]["features_extractor_kwargs"]
-    unread_td3 = [f.name for f in dataclasses.fields(TD3Config) if f.name not in kwargs and f.name != "exploration_noise"]
+    noise_fields = {"exploration_noise", "exploration_noise_final", "exploration_noise_decay_steps"}  # -> action_noise
+    unread_td3 = [f.name for f in dataclasses.fields(TD3Config) if f.name not in kwargs and f.name not in noise_fields]
     assert unread_td3 == []
     assert kwargs["action_noise"]._sigma.tolist() == [0.1, 0.1]
     encoder_fields = {f.name for f in dataclasses.fields(config.encoder)} - {"mode", "net_arch", "frames"}

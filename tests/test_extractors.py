@@ -361,3 +361,33 @@ def test_forward_pair_with_dict_vectors_matches_forward() -> None:
     with th.no_grad():
         th.testing.assert_close(pair[0], extractor({"image": obs, "vector": vectors[0]}))
         th.testing.assert_close(pair[1], extractor({"image": next_obs, "vector": vectors[1]}))
+
+
+@pytest.mark.parametrize("rnn", ["gru", None])
+def test_trunk_bounds_the_image_features_and_sets_features_dim(rnn: str | None) -> None:
+    space = spaces.Dict({"image": image_space(4), "vector": spaces.Box(-1, 1, (5,), np.float32)})
+    extractor = make_extractor(space, rnn=rnn, trunk=10)
+    assert extractor.features_dim == 10 + 5
+    obs = {"image": th.rand(3, 4, 36, 36) * 100.0, "vector": th.rand(3, 5)}  # large inputs: unbounded CNN features
+    with th.no_grad():
+        features = extractor(obs)
+    assert features[:, :10].abs().max() <= 1.0
+    layer_norm = extractor.trunk[1]
+    assert isinstance(layer_norm, th.nn.LayerNorm) and isinstance(extractor.trunk[2], th.nn.Tanh)
+
+
+@pytest.mark.parametrize("rnn", ["gru", None])
+def test_forward_pair_with_a_trunk_matches_forward(rnn: str | None) -> None:
+    extractor = make_extractor(image_space(4), rnn=rnn, trunk=6)
+    obs, next_obs = shifted_pair()
+    features, next_features = extractor.forward_pair(obs, next_obs)
+    assert features.shape == (3, 6)
+    with th.no_grad():
+        th.testing.assert_close(features, extractor(obs))
+        th.testing.assert_close(next_features, extractor(next_obs))
+
+
+@pytest.mark.parametrize("trunk", [0, -3, 2.5, True])
+def test_bad_trunk_names_the_argument(trunk: object) -> None:
+    with pytest.raises(ValueError, match="trunk must be a positive int"):
+        make_extractor(image_space(4), trunk=trunk)

@@ -150,3 +150,72 @@ def test_report_says_why_episodes_ended(tmp_path):
     assert ends and set(ends) <= {"stuck", "offtrack", "max_steps", "lap_complete", "out_of_playfield"}
     assert sum(ends.values()) == report.data["summary"]["episodes"]
     assert "why episodes ended: " in (tmp_path / "report.md").read_text()
+
+
+def test_evaluation_logs_eval_keys_against_physics_frames_and_plots_them(tmp_path):
+    config = tiny_config(env={"action_repeat": 4}, run={"eval_freq": 75, "eval_episodes": 1})
+    report = phase1(config, tmp_path)
+    evaluations = json.loads((tmp_path / "eval" / "evaluations.json").read_text())["evaluations"]
+    assert [e["timestep"] for e in evaluations] == [75, 150]
+    assert [e["physics_frames"] for e in evaluations] == [300, 600]
+    # CarRacing-v3's own episode: 1,000 physics frames, no off-track or stuck ending (the tiny config has both).
+    assert all(length == 250 for e in evaluations for length in e["lengths"])
+    progress = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    assert {"eval/mean_return", "eval/std_return", "eval/physics_frames"} <= set(progress)
+    assert (tmp_path / "eval_return.png").stat().st_size > 0
+    assert "Evaluation (deterministic" in (tmp_path / "report.md").read_text()
+    assert report.data["summary"]["timesteps"] == 150
+
+
+def test_evaluation_uses_the_same_fresh_tracks_every_time(tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    from sb3_carla_td3.validation.runner import build_model, evaluation_callback, make_vec_env
+
+    config = tiny_config(env={"image_obs": False, "vector_obs": True}, run={"eval_freq": 10, "eval_episodes": 2})
+    callback = evaluation_callback(config, tmp_path)
+    model = build_model(config, make_vec_env(config, 0))
+    model.set_logger(configure(None, []))
+    callback.init_callback(model)
+    first, second = callback.evaluate(), callback.evaluate()
+    assert first["returns"] == second["returns"]  # same policy, same tracks: same returns
+    assert first["returns"][0] != first["returns"][1]  # two different tracks
+
+
+def test_vector_only_env_trains_an_mlp_policy(tmp_path):
+    from stable_baselines3.td3.policies import MlpPolicy
+
+    config = tiny_config(env={"image_obs": False, "vector_obs": True})
+    result = train(config, tmp_path)
+    assert type(result.model.policy) is MlpPolicy
+    assert result.model.num_timesteps == 150 and result.model.last_train_stats["n_updates"] == 100
+
+
+def test_vector_only_env_with_a_shared_encoder_names_the_problem(tmp_path):
+    from sb3_carla_td3.errors import ConfigError
+
+    config = tiny_config(env={"image_obs": False, "vector_obs": True}, encoder={"mode": "shared"})
+    with pytest.raises(ConfigError, match="encoder.mode='shared' needs an image observation"):
+        train(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("returns", "reasons", "passed"),
+    [
+        ([-80.0] * 5 + [0.0] * 5 + [300.0] * 5, ["offtrack"] * 15, True),
+        ([-80.0] * 5 + [0.0] * 5 + [-10.0] * 5, ["stuck"] * 10 + ["offtrack"] * 5, False),  # learned to stop
+        ([-80.0] * 5 + [0.0] * 5 + [300.0] * 5, ["stuck"] * 8 + ["max_steps"] * 7, False),  # rises, mostly stuck
+        ([-80.0] * 5 + [0.0] * 5 + [10.0] * 5, ["offtrack"] * 15, False),  # rise below 100
+    ],
+)
+def test_learning_row_needs_a_real_rise_not_standing_still(returns, reasons, passed):
+    from sb3_carla_td3.validation.report import learning_row
+
+    row = learning_row([{"return": r, "reason": why} for r, why in zip(returns, reasons, strict=True)])
+    assert row.passed is passed, row.detail
+
+
+def test_learning_row_is_not_judged_on_too_few_episodes():
+    from sb3_carla_td3.validation.report import learning_row
+
+    assert learning_row([{"return": 1.0}] * 5).passed is None

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import multiprocessing
 import resource
 import statistics
@@ -15,14 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sb3_carla_td3.config import RunConfig, config_from_dict
 from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.reports import hyperparameter_report, parameter_report
-from sb3_carla_td3.validation.plots import plot_history
-from sb3_carla_td3.validation.report import PhaseReport, Row, fmt, phase1_rows
-from sb3_carla_td3.validation.runner import RunResult, summarize, train
+from sb3_carla_td3.validation.plots import plot_evaluations, plot_history
+from sb3_carla_td3.validation.report import PhaseReport, Row, evaluation_table, fmt, learning_row, phase1_rows
+from sb3_carla_td3.validation.runner import EVALUATIONS_FILE, RunResult, summarize, train
 
 #: Phase 2's architectures: (label, encoder overrides).
 ARCHITECTURES: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -38,6 +37,9 @@ def _finish(result: RunResult, report: PhaseReport) -> PhaseReport:
     q_bound = verdicts["q_bound"].threshold
     limits = {"actor": model.actor_grad_clip, "critic": model.critic_grad_clip}
     plots = plot_history(result.recorder.history(), result.run_dir, limits=limits, q_bound=q_bound)
+    evaluations = load_evaluations(result.run_dir)
+    if evaluations:
+        plots.append(plot_evaluations(evaluations, result.run_dir))
     summary = summarize(result)
     facts = (
         f"- status: {result.status}; {summary['timesteps']} env steps, {summary['updates']} gradient updates, "
@@ -48,6 +50,9 @@ def _finish(result: RunResult, report: PhaseReport) -> PhaseReport:
         + f"\n- non-finite updates skipped: {summary['nonfinite_skips']}"
         + f"\n- why episodes ended: {', '.join(f'{k} {v}' for k, v in summary['episode_ends'].items()) or 'not reported'}"
     )
+    if evaluations:
+        heading = "Evaluation (deterministic, fresh seeded tracks, CarRacing-v3's own 1,000-frame episodes)"
+        report.sections.append((heading, evaluation_table(evaluations)))
     report.sections += [
         ("Run", facts),
         ("Hyperparameters", str(hyperparameter_report(model)).split("\n", 2)[2]),
@@ -69,6 +74,7 @@ def phase1(config: RunConfig, run_dir: str | Path, verbose: int = 0) -> PhaseRep
     """
     result = train(config, run_dir, verbose=verbose)
     rows = phase1_rows(result.health.verdict(), result.model.actor_grad_clip, result.model.critic_grad_clip)
+    rows.append(learning_row(result.recorder.episodes))
     title = f"Phase 1 validation: TD3CNN on {config.env.name}, {result.model.num_timesteps} steps"
     return _finish(result, PhaseReport(title, rows))
 
@@ -86,29 +92,27 @@ def phase3(config: RunConfig | None, run_dir: str | Path, resume: bool = False, 
     verdicts = result.health.verdict()
     rows = phase1_rows(verdicts, result.model.actor_grad_clip, result.model.critic_grad_clip)
     rows[3].expected = "increasing (positive trend)"
-    evaluations = _evaluations(Path(run_dir))
+    evaluations = load_evaluations(Path(run_dir))
     if evaluations:
         first, last = evaluations[0], evaluations[-1]
         rows.append(
             Row(
                 "Evaluation return (deterministic)",
                 "increasing",
-                f"{fmt(first[1])} -> {fmt(last[1])}",
-                last[1] > first[1] if len(evaluations) > 1 else None,
+                f"{fmt(first['mean_return'])} -> {fmt(last['mean_return'])}",
+                last["mean_return"] > first["mean_return"] if len(evaluations) > 1 else None,
                 "",
-                f"{len(evaluations)} evaluations, at timesteps {first[0]}..{last[0]}",
+                f"{len(evaluations)} evaluations, at timesteps {first['timestep']}..{last['timestep']}",
             )
         )
     title = f"Phase 3 training: TD3CNN on {result.config.env.name}, {result.model.num_timesteps} steps ({result.status})"
     return _finish(result, PhaseReport(title, rows))
 
 
-def _evaluations(run_dir: Path) -> list[tuple[int, float]]:
-    path = run_dir / "eval" / "evaluations.npz"
-    if not path.exists():
-        return []
-    data = np.load(path)
-    return [(int(t), float(r.mean())) for t, r in zip(data["timesteps"], data["results"], strict=True)]
+def load_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """:return: the run's evaluations (:class:`DrivingEvalCallback` results), oldest first; [] when none"""
+    path = Path(run_dir) / EVALUATIONS_FILE
+    return json.loads(path.read_text())["evaluations"] if path.exists() else []
 
 
 def _run_variant(config_data: dict[str, Any], run_dir: str, verbose: int) -> dict[str, Any]:

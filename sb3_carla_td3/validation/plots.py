@@ -80,6 +80,31 @@ def plot_history(
     return written
 
 
+def plot_evaluations(evaluations: list[dict[str, Any]], out_dir: str | Path, title: str = "") -> Path:
+    """Write eval_return.png: mean evaluation return (band: +- std over episodes) against physics frames.
+
+    :param evaluations: :attr:`DrivingEvalCallback.results`
+    :param out_dir: where the PNG goes
+    :param title: prefix of the figure title
+    :return: the file written
+    """
+    frames = [e["physics_frames"] for e in evaluations]
+    mean = [e["mean_return"] for e in evaluations]
+    std = [e["std_return"] for e in evaluations]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(frames, mean, "o-", lw=1.5, ms=3, label="mean evaluation return")
+    ax.fill_between(
+        frames,
+        [m - s for m, s in zip(mean, std, strict=True)],
+        [m + s for m, s in zip(mean, std, strict=True)],
+        alpha=0.2,
+        label="+- std over episodes",
+    )
+    ax.set(title=f"{title} evaluation return".strip(), xlabel="physics frames", ylabel="return")
+    ax.legend(fontsize=8)
+    return _save(fig, Path(out_dir) / "eval_return.png")
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -154,3 +154,47 @@ def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, cr
         row("episode_length", "Episode length", "stable, no collapse", "50 -> 2 steps"),
         row("actor_saturation", "Actions at abs(a) > 0.99 (share)", saturation_expected, "96% steer, 86% throttle (30K)"),
     ]
+
+
+#: Bar of the learning row: the last third of the episodes must beat the first third by this much return.
+LEARNING_MIN_GAIN = 100.0
+#: ...and fewer than this share of all episodes may end "stuck" (standing still is not learning to drive).
+LEARNING_MAX_STUCK = 0.5
+
+
+def learning_row(episodes: list[dict[str, Any]], min_gain: float = LEARNING_MIN_GAIN) -> Row:
+    """Did the agent learn to drive? Mean return of the last third of the episodes against the first third.
+
+    A rise that comes from standing still (episodes ending "stuck") is not learning: the row fails when half or
+    more of the episodes end "stuck", whatever the returns.
+
+    :param episodes: the run's episodes, in order, each with ``return`` and optionally ``reason``
+    :param min_gain: the least rise of the mean return, last third minus first third
+    :return: the row (N/A below 6 episodes)
+    """
+    metric, expected = "Learning (episode return, first third -> last third)", f"rise >= {min_gain:g}, < 50% stuck"
+    if len(episodes) < 6:
+        return Row(metric, expected, "-", None, detail=f"{len(episodes)} episodes; at least 6 needed")
+    third = len(episodes) // 3
+    first = sum(e["return"] for e in episodes[:third]) / third
+    last = sum(e["return"] for e in episodes[-third:]) / third
+    stuck = sum(e.get("reason") == "stuck" for e in episodes) / len(episodes)
+    passed = last - first >= min_gain and stuck < LEARNING_MAX_STUCK
+    detail = (
+        f"{len(episodes)} episodes; mean return {fmt(first)} in the first {third}, {fmt(last)} in the last {third} "
+        f"(rise {fmt(last - first)}); {stuck:.0%} ended stuck"
+    )
+    return Row(metric, expected, f"{fmt(first)} -> {fmt(last)}", passed, "721 -> 7.6", detail)
+
+
+def evaluation_table(evaluations: list[dict[str, Any]]) -> str:
+    """The evaluations of a run as a Markdown table (timestep, physics frames, mean +- std return, episodes).
+
+    :param evaluations: :attr:`DrivingEvalCallback.results`
+    :return: the table
+    """
+    lines = ["| timestep | physics frames | mean return | std | episodes |", "|---|---|---|---|---|"]
+    for e in evaluations:
+        cells = [f"{e['timestep']:,}", f"{e['physics_frames']:,}", fmt(e["mean_return"]), fmt(e["std_return"])]
+        lines.append("| " + " | ".join([*cells, str(len(e["returns"]))]) + " |")
+    return "\n".join(lines)

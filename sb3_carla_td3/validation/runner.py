@@ -11,9 +11,10 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_carla_td3.callbacks import (
@@ -26,12 +27,15 @@ from sb3_carla_td3.callbacks import (
 )
 from sb3_carla_td3.config import RunConfig, load_config
 from sb3_carla_td3.envs import make_env
+from sb3_carla_td3.errors import ConfigError
 from sb3_carla_td3.td3_cnn import TD3CNN
 from sb3_carla_td3.validation.checkpoints import AtomicCheckpointCallback, latest_checkpoint, save_checkpoint
+from sb3_carla_td3.validation.evaluation import DrivingEvalCallback, evaluation_options, frames_per_step
 from sb3_carla_td3.validation.recorder import MetricsRecorder, load_history
 
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.json"
+EVALUATIONS_FILE = "eval/evaluations.json"
 CHECKPOINTS = "checkpoints"
 
 
@@ -116,6 +120,25 @@ def health_callback(config: RunConfig, checkpoint_dir: Path | None = None) -> Tr
     )
 
 
+def evaluation_callback(config: RunConfig, run_dir: Path, verbose: int = 0) -> DrivingEvalCallback:
+    """Deterministic evaluation every ``run.eval_freq`` steps on fresh seeded tracks (CarRacing-v3's own episodes).
+
+    :param config: the run config
+    :param run_dir: the run directory; evaluations go to ``eval/evaluations.json``
+    :param verbose: 1 prints each evaluation
+    :return: the callback
+    """
+    options = evaluation_options(config.env.options)
+    return DrivingEvalCallback(
+        lambda: make_env(config.env.name, options),
+        eval_freq=config.run.eval_freq,
+        n_episodes=config.run.eval_episodes,
+        frames_per_step=frames_per_step(config.env.options),
+        log_path=run_dir / EVALUATIONS_FILE,
+        verbose=verbose,
+    )
+
+
 def build_model(config: RunConfig, env: VecEnv) -> TD3CNN:
     """TD3CNN as the config describes it ("MultiInputPolicy" for Dict observations, else "CnnPolicy").
 
@@ -123,8 +146,20 @@ def build_model(config: RunConfig, env: VecEnv) -> TD3CNN:
     :param env: the training env
     :return: the model
     """
-    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "CnnPolicy"
+    space = env.observation_space
     kwargs = config.model_kwargs(n_actions=env.action_space.shape[0])
+    if isinstance(space, spaces.Dict):
+        policy = "MultiInputPolicy"
+    elif is_image_space(space, check_channels=False, normalized_image=False):
+        policy = "CnnPolicy"
+    else:  # a vector observation: an MLP on it; the encoder section does not apply
+        if config.encoder.mode == "shared":
+            raise ConfigError(
+                f"{config.source or 'config'}: encoder.mode='shared' needs an image observation, but the env observes "
+                f"a vector {space}; use encoder.mode: separate"
+            )
+        policy = "MlpPolicy"
+        kwargs["policy_kwargs"].pop("features_extractor_kwargs")
     if kwargs["device"] == "auto":
         kwargs["device"] = "cuda" if th.cuda.is_available() else "cpu"
     return TD3CNN(policy, env, **kwargs)
@@ -178,17 +213,7 @@ def train(
             AtomicCheckpointCallback(config.run.checkpoint_freq, checkpoint_dir, config.run.save_replay_buffer)
         )
     if config.run.eval_freq:
-        eval_env = make_vec_env(config, config.run.seed + 1000)
-        all_callbacks.append(
-            EvalCallback(
-                eval_env,
-                n_eval_episodes=config.run.eval_episodes,
-                eval_freq=config.run.eval_freq,
-                log_path=str(run_dir / "eval"),
-                deterministic=True,
-                verbose=0,
-            )
-        )
+        all_callbacks.append(evaluation_callback(config, run_dir, verbose))
 
     resumed_from = model.num_timesteps if checkpoint is not None else None
     remaining = max(config.run.total_timesteps - model.num_timesteps, 0)

@@ -1,0 +1,205 @@
+"""The learning results of docs/results.md: recipes, their robustness grid and ablations, as evaluation curves.
+
+    python examples/learning_results.py run SET [SET ...] [--out runs/learning] [--jobs 2] [--timesteps N]
+    python examples/learning_results.py summarize [--out runs/learning] [--docs docs/learning]
+
+``run`` trains every run of the named sets (see ``SETS``) that has no report.json yet, ``--jobs`` at a time, each in
+a fresh process with one torch thread; a run cut short with checkpoints is resumed. Every run is a phase-3 run
+(:func:`sb3_carla_td3.validation.phases.phase3`): deterministic evaluation every ``run.eval_freq`` steps on fresh
+seeded tracks (CarRacing-v3's own 1,000-frame episodes), so each run directory holds eval/evaluations.json, its
+report and plots. ``summarize`` prints one table per set and draws each set's curves (band over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+VECTOR = "carracing_vector.yaml"
+CAMERA = "carracing_camera_vector.yaml"
+PIXELS = "carracing_pixels.yaml"
+#: A run: (label, config file, overrides applied on top of it, seed).
+Run = tuple[str, str, dict[str, dict[str, Any]], int]
+#: The recipe's ingredients, each switched back to plain TD3 / the original env semantics for the ablation.
+WITHOUT: dict[str, dict[str, dict[str, Any]]] = {
+    "recipe": {},
+    "- gas pedal (split)": {"env": {"pedal": "split"}},
+    "- preact penalty": {"td3": {"preact_penalty": 0.0}},
+    "- noise decay": {"td3": {"exploration_noise_final": None}},
+}
+SETS: dict[str, list[Run]] = {
+    "vector": [("vector recipe", VECTOR, {}, seed) for seed in (0, 1, 2)],
+    "vector_grid": [
+        (f"lr {lr:g}, noise {noise:g}", VECTOR, {"td3": {"learning_rate": lr, "exploration_noise": noise}}, 0)
+        for lr in (3e-4, 1e-3)
+        for noise in (0.1, 0.2, 0.3)
+    ],
+    "vector_ablation": [(label, VECTOR, overrides, 0) for label, overrides in WITHOUT.items() if overrides],
+    "camera": [("camera + vector recipe", CAMERA, {}, seed) for seed in (0, 1, 2)],
+    "camera_ablation": [(label, CAMERA, overrides, 0) for label, overrides in WITHOUT.items() if overrides],
+    "pixels": [("pixels recipe", PIXELS, {}, seed) for seed in (0, 1, 2)],
+}
+
+
+def run_name(label: str, seed: int) -> str:
+    """:return: a directory name for a run: the label's letters and digits, then the seed"""
+    slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in label).strip("_")
+    return f"{slug}-s{seed}"
+
+
+def run_one(label: str, file: str, overrides: dict[str, dict[str, Any]], seed: int, run_dir: str, timesteps: int | None) -> str:
+    """Train (or resume) one run as a phase-3 run in a worker process; return a one-line summary."""
+    import torch as th
+
+    from sb3_carla_td3.config import config_from_dict
+    from sb3_carla_td3.validation.phases import phase3
+
+    th.set_num_threads(1)
+    data = copy.deepcopy(_load_yaml(CONFIGS / file))
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    data["run"] = {**data.get("run", {}), "seed": seed, "threads": 1, "progress_bar": False}
+    if timesteps is not None:
+        data["run"]["total_timesteps"] = timesteps
+    resume = (Path(run_dir) / "checkpoints" / "latest.json").is_file()
+    config = None if resume else config_from_dict(data, source=f"{file} + {overrides or 'no overrides'}")
+    with open(Path(run_dir).with_suffix(".log"), "a") as log:
+        sys.stdout = sys.stderr = log
+        report = phase3(config, run_dir, resume=resume)
+    last = _evaluations(Path(run_dir))[-1:] or [{"mean_return": float("nan")}]
+    return f"{label} seed {seed}: {report.verdict}, last evaluation {last[0]['mean_return']:.1f}"
+
+
+def _star_run_one(args: tuple[Any, ...]) -> str:
+    return run_one(*args)
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "eval" / "evaluations.json"
+    return json.loads(path.read_text())["evaluations"] if path.is_file() else []
+
+
+def run(sets: list[str], out: Path, jobs: int, timesteps: int | None) -> None:
+    """Train the missing runs of ``sets``, ``jobs`` at a time."""
+    out.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for name in sets:
+        for label, file, overrides, seed in SETS[name]:
+            run_dir = out / name / run_name(label, seed)
+            if not (run_dir / "report.json").is_file():
+                todo.append((label, file, overrides, seed, str(run_dir), timesteps))
+    print(f"{len(todo)} runs to do, {jobs} at a time -> {out}", flush=True)
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        for line in pool.imap_unordered(_star_run_one, todo):
+            print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {line}", flush=True)
+
+
+def set_table(name: str, out: Path) -> str:
+    """One row per run of a set: last and best evaluation, frames, steps/s, saturation and episode ends."""
+    lines = [
+        "| run | seed | physics frames | last eval (mean ± std, episodes) | best eval | env steps/s | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lasts = []
+    for label, _, _, seed in SETS[name]:
+        run_dir = out / name / run_name(label, seed)
+        evaluations = _evaluations(run_dir)
+        if not evaluations or not (run_dir / "report.json").is_file():
+            lines.append(f"| {label} | {seed} | not run | | | | |")
+            continue
+        report = json.loads((run_dir / "report.json").read_text())
+        summary = report["data"]["summary"]
+        last = evaluations[-1]
+        lasts.append(last["mean_return"])
+        best = max(e["mean_return"] for e in evaluations)
+        lines.append(
+            f"| {label} | {seed} | {last['physics_frames']:,} | {last['mean_return']:.1f} ± {last['std_return']:.1f} "
+            f"({len(last['returns'])}) | {best:.1f} | {summary['timesteps'] / summary['seconds']:.1f} "
+            f"| {report['verdict']} |"
+        )
+    if len(lasts) > 1:
+        lines.append(f"| **mean over runs** | | | **{statistics.mean(lasts):.1f} ± {statistics.pstdev(lasts):.1f}** | | | |")
+    return "\n".join(lines)
+
+
+def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
+    """Evaluation return against physics frames: one line per run label, band over its seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by_label: dict[str, list[list[dict[str, Any]]]] = {}
+    for label, _, _, seed in SETS[name]:
+        evaluations = _evaluations(out / name / run_name(label, seed))
+        if evaluations:
+            by_label.setdefault(label, []).append(evaluations)
+    if not by_label:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, runs in by_label.items():
+        n = min(len(r) for r in runs)
+        frames = np.array([e["physics_frames"] for e in runs[0][:n]])
+        means = np.array([[e["mean_return"] for e in r[:n]] for r in runs])
+        ax.plot(frames, means.mean(axis=0), lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        if len(runs) > 1:
+            ax.fill_between(frames, means.min(axis=0), means.max(axis=0), alpha=0.2)
+    ax.set(title=f"{name}: deterministic evaluation return", xlabel="physics frames", ylabel="mean return")
+    ax.legend(fontsize=7)
+    docs.mkdir(parents=True, exist_ok=True)
+    path = docs / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def summarize(out: Path, docs: Path) -> None:
+    """Print each set's table and draw its curves."""
+    for name in SETS:
+        if (out / name).is_dir():
+            print(f"## {name}\n\n{set_table(name, out)}\n")
+            figure = draw_curves(name, out, docs)
+            if figure is not None:
+                print(f"wrote {figure}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="train the missing runs of the named sets")
+    run_parser.add_argument("sets", nargs="+", choices=sorted(SETS))
+    run_parser.add_argument("--out", type=Path, default=Path("runs/learning"))
+    run_parser.add_argument("--jobs", type=int, default=2)
+    run_parser.add_argument("--timesteps", type=int, default=None, help="override run.total_timesteps")
+    summary_parser = sub.add_parser("summarize", help="print the tables and draw the curves")
+    summary_parser.add_argument("--out", type=Path, default=Path("runs/learning"))
+    summary_parser.add_argument("--docs", type=Path, default=Path("docs/learning"))
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args.sets, args.out, args.jobs, args.timesteps)
+    else:
+        summarize(args.out, args.docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Deterministic evaluation on fresh seeded tracks, against physics frames: ``eval/mean_return``, ``eval/std_return``.
+
+Training episodes end early (off the track, stuck) and may add penalties; an evaluation episode of the CarRacing env
+is CarRacing-v3's own: 1,000 physics frames, its own reward, no early ending other than CarRacing's (lap complete,
+out of the playfield), so that the numbers compare with published CarRacing results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_carla_td3.envs.carracing import CarRacingConfig
+
+__all__ = ["CARRACING_EPISODE_FRAMES", "DrivingEvalCallback", "evaluation_options", "frames_per_step"]
+
+#: Physics frames of one CarRacing-v3 episode (its TimeLimit).
+CARRACING_EPISODE_FRAMES = 1000
+#: Evaluation tracks are seeded from here on (training seeds its env with run.seed, a small number).
+EVAL_SEED_OFFSET = 1_000_000
+
+
+def evaluation_options(options: Any) -> Any:
+    """The env options of an evaluation episode: CarRacing-v3's own episode for CarRacing, unchanged otherwise.
+
+    :param options: the training env's options dataclass
+    :return: options with no off-track or stuck ending, no penalties and 1,000 physics frames (CarRacing)
+    """
+    if not isinstance(options, CarRacingConfig):
+        return options
+    steps = math.ceil(CARRACING_EPISODE_FRAMES / options.action_repeat)
+    return dataclasses.replace(options, offtrack_steps=0, stuck_steps=0, stuck_penalty=0.0, max_episode_steps=steps)
+
+
+def frames_per_step(options: Any) -> int:
+    """:return: physics frames per env step (``action_repeat`` where the env has one, else 1)"""
+    return int(getattr(options, "action_repeat", 1))
+
+
+class DrivingEvalCallback(BaseCallback):
+    """Every ``eval_freq`` env steps, run ``n_episodes`` deterministic episodes on the same fresh seeded tracks.
+
+    Logs ``eval/mean_return``, ``eval/std_return``, ``eval/mean_length`` and ``eval/physics_frames``; keeps every
+    evaluation in :attr:`results` and, with ``log_path``, in a JSON file that a resumed run extends.
+
+    :param make_env: builds the evaluation env (one gymnasium env; built on first use and kept)
+    :param eval_freq: env steps between evaluations (callback calls, one per env step with one env)
+    :param n_episodes: episodes per evaluation; episode ``i`` is seeded ``seed + i`` every time
+    :param seed: seed of the first evaluation track
+    :param frames_per_step: physics frames per env step, for the x axis of the learning curve
+    :param log_path: JSON file of all evaluations (None: kept in memory only)
+    :param verbose: 1 prints each evaluation
+    """
+
+    def __init__(
+        self,
+        make_env: Callable[[], gym.Env],
+        eval_freq: int,
+        n_episodes: int = 10,
+        seed: int = EVAL_SEED_OFFSET,
+        frames_per_step: int = 1,
+        log_path: str | Path | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if eval_freq < 1 or n_episodes < 1:
+            raise ValueError(f"eval_freq and n_episodes must be >= 1, got {eval_freq} and {n_episodes}")
+        self.make_env, self.eval_freq, self.n_episodes = make_env, eval_freq, n_episodes
+        self.seed, self.frames_per_step = seed, frames_per_step
+        self.log_path = None if log_path is None else Path(log_path)
+        self.results: list[dict[str, Any]] = []
+        if self.log_path is not None and self.log_path.exists():
+            self.results = json.loads(self.log_path.read_text())["evaluations"]
+        self._env: gym.Env | None = None
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps % self.eval_freq == 0:
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> dict[str, Any]:
+        """Run one evaluation now, log it and store it.
+
+        :return: ``timestep``, ``physics_frames``, ``returns``, ``lengths``, ``mean_return``, ``std_return``
+        """
+        if self._env is None:
+            self._env = self.make_env()
+        returns, lengths = [], []
+        for episode in range(self.n_episodes):
+            observation, _ = self._env.reset(seed=self.seed + episode)
+            total, steps, done = 0.0, 0, False
+            while not done:
+                action, _ = self.model.predict(observation, deterministic=True)
+                observation, reward, terminated, truncated, _ = self._env.step(action)
+                total, steps, done = total + float(reward), steps + 1, terminated or truncated
+            returns.append(total)
+            lengths.append(steps)
+        result = {
+            "timestep": self.num_timesteps,
+            "physics_frames": self.num_timesteps * self.frames_per_step,
+            "returns": returns,
+            "lengths": lengths,
+            "mean_return": float(np.mean(returns)),
+            "std_return": float(np.std(returns)),
+        }
+        self.results = [r for r in self.results if r["timestep"] < self.num_timesteps] + [result]
+        for key in ("mean_return", "std_return", "physics_frames"):
+            self.logger.record(f"eval/{key}", result[key])
+        self.logger.record("eval/mean_length", float(np.mean(lengths)))
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text(json.dumps({"evaluations": self.results}, indent=1))
+        if self.verbose >= 1:
+            print(f"eval at {self.num_timesteps} steps: {result['mean_return']:.1f} +- {result['std_return']:.1f}")
+        return result
+
+    def _on_training_end(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
