@@ -57,7 +57,9 @@ def run_name(label: str, seed: int) -> str:
     return f"{slug}-s{seed}"
 
 
-def run_one(label: str, file: str, overrides: dict[str, dict[str, Any]], seed: int, run_dir: str, timesteps: int | None) -> str:
+def run_one(
+    label: str, file: str, overrides: dict[str, dict[str, Any]], seed: int, run_dir: str, timesteps: int | None
+) -> str:
     """Train (or resume) one run as a phase-3 run in a worker process; return a one-line summary."""
     import torch as th
 

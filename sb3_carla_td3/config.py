@@ -79,6 +79,10 @@ class TD3Config:
     """Env steps (after learning_starts) over which the noise std decays to exploration_noise_final."""
     preact_penalty: float = 0.0
     """Weight of mean(u^2), u the actor's pre-tanh output, in the actor loss; keeps it off +-1 (0: off)."""
+    augment: str | None = None
+    """Replay image augmentation: shift (DrQ random shift, obs and next obs alike) or null (off)."""
+    augment_pad: int = 4
+    """Largest random shift in pixels (DrQ-v2: 4 at 84 px)."""
     train_freq: int = 1
     """Env steps between training calls."""
     gradient_steps: int = 1
@@ -113,6 +117,8 @@ class TD3Config:
         steps = self.exploration_noise_decay_steps
         _check(steps >= 1, "exploration_noise_decay_steps", steps, ">= 1")
         _check(self.preact_penalty >= 0, "preact_penalty", self.preact_penalty, ">= 0 (0: off)")
+        _check(self.augment in (None, "shift"), "augment", self.augment, "shift, null")
+        _check(self.augment_pad >= 1, "augment_pad", self.augment_pad, ">= 1")
         _check(self.train_freq >= 1, "train_freq", self.train_freq, ">= 1")
         _check(self.gradient_steps >= 1 or self.gradient_steps == -1, "gradient_steps", self.gradient_steps, ">= 1 or -1")
         for name in ("actor_grad_clip", "critic_grad_clip"):
@@ -335,6 +341,8 @@ class RunConfig:
             "encoder": encoder.mode,
             "replay_buffer": td3.replay_buffer,
             "preact_penalty": td3.preact_penalty,
+            "augment": td3.augment,
+            "augment_pad": td3.augment_pad,
             "policy_kwargs": {"net_arch": list(encoder.net_arch), "features_extractor_kwargs": extractor_kwargs},
             "seed": self.run.seed,
             "device": self.run.device,

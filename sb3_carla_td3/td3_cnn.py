@@ -17,6 +17,7 @@ from stable_baselines3.common.utils import FloatSchedule, polyak_update, update_
 from stable_baselines3.td3.policies import MlpPolicy
 from torch.nn import functional as F
 
+from sb3_carla_td3.augmentation import AUGMENTATIONS, shift_pair
 from sb3_carla_td3.buffers import DictFrameStackReplayBuffer, FrameStackReplayBuffer, detect_frame_stack
 from sb3_carla_td3.errors import NonFiniteGradientError
 from sb3_carla_td3.gradients import (
@@ -91,6 +92,9 @@ class TD3CNN(TD3):
         default); ignored when ``replay_buffer_class`` is given
     :param preact_penalty: weight of ``mean(u ** 2)`` added to the actor loss, ``u`` being the actor's output before
         its tanh; keeps the actor off the +-1 plateaus where its gradient vanishes (0: off, plain TD3)
+    :param augment: "shift" (DrQ: every replay image shifted by up to ``augment_pad`` pixels, obs and next obs of a
+        sample by the same offset, before encoding) or None (off)
+    :param augment_pad: the largest shift in pixels, >= 1 (DrQ-v2: 4 at 84 px)
     :param stats_window_size: episodes averaged in the rollout logs
     :param tensorboard_log: TensorBoard directory (None: none)
     :param policy_kwargs: policy keyword arguments (``features_extractor_kwargs``, ``net_arch``, ...)
@@ -135,6 +139,8 @@ class TD3CNN(TD3):
         encoder: str = "separate",
         replay_buffer: str = "auto",
         preact_penalty: float = 0.0,
+        augment: str | None = None,
+        augment_pad: int = 4,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -161,6 +167,10 @@ class TD3CNN(TD3):
         is_number = isinstance(preact_penalty, (int, float)) and not isinstance(preact_penalty, bool)
         if not (is_number and np.isfinite(preact_penalty) and preact_penalty >= 0):
             raise ValueError(f"preact_penalty must be a finite float >= 0 (0: off), got {preact_penalty!r}")
+        if augment is not None and augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS} or None, got {augment!r}")
+        if isinstance(augment_pad, bool) or not isinstance(augment_pad, int) or augment_pad < 1:
+            raise ValueError(f"augment_pad must be an int >= 1 (pixels), got {augment_pad!r}")
         for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr)):
             if isinstance(lr, (int, float)) and not lr > 0:
                 raise ValueError(f"{name} must be a positive float, a schedule or None, got {lr!r}")
@@ -173,6 +183,8 @@ class TD3CNN(TD3):
         self.encoder = encoder
         self.replay_buffer_choice = replay_buffer
         self.preact_penalty = float(preact_penalty)
+        self.augment = augment
+        self.augment_pad = augment_pad
         self.nonfinite_skips = 0
         self.last_train_stats: dict[str, float] = {}
         self._slow_step_checked = False
@@ -216,6 +228,12 @@ class TD3CNN(TD3):
         self._actor_params = OptimizedParams.from_optimizer("actor", self.actor.optimizer, self.actor.features_extractor)
         self._critic_params = OptimizedParams.from_optimizer("critic", self.critic.optimizer, critic_encoder)
         self.audit_optimizers()
+        self._image_key = self.policy_kwargs.get("features_extractor_kwargs", {}).get("image_key", "image")
+        if self.augment is not None:
+            space = self.observation_space
+            image = space.spaces.get(self._image_key) if isinstance(space, spaces.Dict) else space
+            if not (isinstance(image, spaces.Box) and len(image.shape) == 3):
+                raise ValueError(f"augment={self.augment!r} needs (C, H, W) images, but the observation space is {space}")
         if not isinstance(self.actor.mu[-1], th.nn.Tanh):
             raise ValueError(f"TD3CNN needs an actor whose last layer is a tanh, got {self.actor.mu[-1]!r}")
         if self.verbose >= 1:
@@ -280,6 +298,8 @@ class TD3CNN(TD3):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
             obs, next_obs = replay_data.observations, replay_data.next_observations
+            if self.augment == "shift":
+                obs, next_obs = shift_pair(obs, next_obs, self.augment_pad, self._image_key)
 
             # Separate: actor, critic and their targets encode raw observations with their own encoders.
             # Shared: one encoder; next_obs features are detached and the frames obs and next_obs share are encoded once.

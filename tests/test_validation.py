@@ -195,7 +195,7 @@ def test_vector_only_env_with_a_shared_encoder_names_the_problem(tmp_path):
     from sb3_carla_td3.errors import ConfigError
 
     config = tiny_config(env={"image_obs": False, "vector_obs": True}, encoder={"mode": "shared"})
-    with pytest.raises(ConfigError, match="encoder.mode='shared' needs an image observation"):
+    with pytest.raises(ConfigError, match=r"encoder\.mode='shared' needs an image observation"):
         train(config, tmp_path)
 
 
