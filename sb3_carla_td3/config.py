@@ -83,6 +83,8 @@ class TD3Config:
     """Replay image augmentation: shift (DrQ random shift, obs and next obs alike) or null (off)."""
     augment_pad: int = 4
     """Largest random shift in pixels (DrQ-v2: 4 at 84 px)."""
+    n_steps: int = 1
+    """n-step TD targets (SB3's NStepReplayBuffer; vector or single-frame Box observations only); 1: plain TD."""
     train_freq: int = 1
     """Env steps between training calls."""
     gradient_steps: int = 1
@@ -119,6 +121,7 @@ class TD3Config:
         _check(self.preact_penalty >= 0, "preact_penalty", self.preact_penalty, ">= 0 (0: off)")
         _check(self.augment in (None, "shift"), "augment", self.augment, "shift, null")
         _check(self.augment_pad >= 1, "augment_pad", self.augment_pad, ">= 1")
+        _check(self.n_steps >= 1, "n_steps", self.n_steps, ">= 1")
         _check(self.train_freq >= 1, "train_freq", self.train_freq, ">= 1")
         _check(self.gradient_steps >= 1 or self.gradient_steps == -1, "gradient_steps", self.gradient_steps, ">= 1 or -1")
         for name in ("actor_grad_clip", "critic_grad_clip"):
@@ -328,6 +331,7 @@ class RunConfig:
             "batch_size": td3.batch_size,
             "tau": td3.tau,
             "gamma": td3.gamma,
+            "n_steps": td3.n_steps,
             "train_freq": td3.train_freq,
             "gradient_steps": td3.gradient_steps,
             "action_noise": noise,

@@ -217,6 +217,11 @@ class TD3CNN(TD3):
         )
 
     def _setup_model(self) -> None:
+        if self.n_steps > 1 and isinstance(self.observation_space, spaces.Dict):
+            raise ValueError(
+                f"n_steps={self.n_steps} is not supported for Dict observations (SB3 has no n-step Dict replay "
+                f"buffer), got {self.observation_space}; pass n_steps=1"
+            )
         self._choose_replay_buffer()
         super()._setup_model()
         self._shared = isinstance(self.policy, SharedEncoderPolicy)
@@ -251,6 +256,12 @@ class TD3CNN(TD3):
             frames = extractor_kwargs.get("frames") or default_frames(self.observation_space)
         if frames is None or frames < 2:
             return
+        if self.n_steps > 1:
+            raise ValueError(
+                f"n_steps={self.n_steps} needs SB3's NStepReplayBuffer, which stores whole observations; the "
+                f"frame-stack replay buffer chosen for these {frames}-frame observations does not compute n-step "
+                "returns. Pass n_steps=1, or replay_buffer='sb3' (Box images only: SB3 has no n-step Dict buffer)"
+            )
         is_dict = isinstance(self.observation_space, spaces.Dict)
         self.replay_buffer_class = DictFrameStackReplayBuffer if is_dict else FrameStackReplayBuffer
         self.replay_buffer_kwargs = {"frames": frames, **self.replay_buffer_kwargs}

@@ -12,6 +12,7 @@ from conftest import make_image_env, make_model
 from sb3_carla_td3 import GradientClipError, NonFiniteGradientError
 from sb3_carla_td3 import td3_cnn as td3_cnn_module
 from sb3_carla_td3.gradients import grad_norm, sum_of_norms
+from sb3_carla_td3.td3_cnn import TD3CNN
 
 
 def record_steps(optimizer: th.optim.Optimizer, store: list[dict[str, float]]) -> None:
@@ -319,3 +320,24 @@ def test_preact_penalty_pulls_a_saturated_actor_off_its_plateau(encoder):
         model.train(gradient_steps=60, batch_size=8)
         results[penalty] = model.last_train_stats["actor_preact_sq"]
     assert results[10.0] < 0.1 * results[0.0], results
+
+
+def test_n_steps_on_a_frame_stack_names_the_buffer_and_the_way_out():
+    with pytest.raises(ValueError, match=r"n_steps=3 needs SB3's NStepReplayBuffer.*replay_buffer='sb3'"):
+        make_model(n_steps=3, replay_buffer="frame_stack")
+
+
+def test_n_steps_with_dict_observations_raises_instead_of_an_assertion():
+    from test_policies import TinyDictEnv
+
+    with pytest.raises(ValueError, match="n_steps=3 is not supported for Dict observations"):
+        TD3CNN("MultiInputPolicy", TinyDictEnv(), n_steps=3, buffer_size=100, device="cpu")
+
+
+def test_n_steps_trains_with_sb3_n_step_buffer_on_vectors():
+    model = TD3CNN("MlpPolicy", "Pendulum-v1", n_steps=3, buffer_size=200, learning_starts=20, batch_size=8,
+                   policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")  # fmt: skip
+    assert type(model.replay_buffer).__name__ == "NStepReplayBuffer"
+    model.learn(40)
+    samples = model.replay_buffer.sample(8)
+    assert samples.discounts is not None and float(samples.discounts.min()) < model.gamma  # some 2- or 3-step targets
