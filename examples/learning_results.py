@@ -33,7 +33,8 @@ Run = tuple[str, str, dict[str, dict[str, Any]], int]
 #: The recipe's ingredients, each switched back to plain TD3 / the original env semantics for the ablation.
 WITHOUT: dict[str, dict[str, dict[str, Any]]] = {
     "recipe": {},
-    "- gas pedal (split)": {"env": {"pedal": "split"}},
+    "- soft brake": {"env": {"max_brake": 1.0}},
+    "- stuck penalty": {"env": {"stuck_penalty": 0.0}},
     "- preact penalty": {"td3": {"preact_penalty": 0.0}},
     "- noise decay": {"td3": {"exploration_noise_final": None}},
 }

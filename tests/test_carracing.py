@@ -278,8 +278,8 @@ def test_from_dict_builds_config() -> None:
         ("action_repeat", 0),
         ("lap_complete_percent", 0.0),
         ("lap_complete_percent", 1.5),
-        ("pedal", "brake"),
-        ("pedal", 1),
+        ("max_brake", 0.0),
+        ("max_brake", 1.5),
         ("stuck_penalty", 1.0),
         ("image_obs", "no"),
     ],
@@ -353,31 +353,43 @@ def test_stuck_counter_waits_for_the_zoom_in_without_skip_zoom() -> None:
 @pytest.mark.parametrize(
     ("action", "expected"),
     [
-        ([0.3, 1.0], [0.3, 1.0, 0.0]),  # full pedal: full gas
-        ([0.0, 0.0], [0.0, 0.5, 0.0]),  # zero (a tanh actor's centre): half gas, so the car moves
-        ([0.0, -1.0], [0.0, 0.0, 0.0]),  # the lowest pedal is no gas, never the brake
+        ([0.3, 1.0], [0.3, 1.0, 0.0]),  # gas unchanged
+        ([0.0, -1.0], [0.0, 0.0, 0.3]),  # full brake is max_brake
+        ([0.0, -0.5], [0.0, 0.0, 0.15]),
     ],
 )
-def test_gas_pedal_maps_the_whole_range_onto_gas(action: list[float], expected: list[float]) -> None:
-    env = make_env(image_size=36, pedal="gas")
+def test_max_brake_scales_the_brake_pedal(action: list[float], expected: list[float]) -> None:
+    env = make_env(image_size=36, max_brake=0.3)
     env.reset(seed=0)
     controls = capture_controls(env)
     env.step(np.array(action, dtype=np.float32))
     np.testing.assert_allclose(controls[-1], expected)
 
 
-def test_uniform_random_actions_drive_faster_with_the_gas_pedal() -> None:
-    """The split pedal brakes half the time, so random exploration crawls; the gas pedal drives the car."""
+def test_uniform_random_actions_drive_faster_with_a_softer_brake() -> None:
+    """Full braking half the time makes random exploration crawl; a softer brake lets it drive."""
     mean_speed = {}
-    for pedal in ("split", "gas"):
+    for max_brake in (1.0, 0.2):
         speeds = []
         for seed in range(3):
-            env = make_env(image_obs=False, vector_obs=True, pedal=pedal, action_repeat=4, offtrack_steps=0, stuck_steps=0)
+            env = make_env(image_obs=False, vector_obs=True, max_brake=max_brake, action_repeat=4, offtrack_steps=0,
+                           stuck_steps=0)  # fmt: skip
             env.reset(seed=seed)
             rng = np.random.default_rng(seed)
             speeds += [env.step(rng.uniform(-1, 1, 2).astype(np.float32))[4]["speed"] for _ in range(60)][20:]
-        mean_speed[pedal] = float(np.mean(speeds))
-    assert mean_speed["gas"] > 2 * mean_speed["split"], mean_speed
+        mean_speed[max_brake] = float(np.mean(speeds))
+    assert mean_speed[0.2] > 2 * mean_speed[1.0], mean_speed
+
+
+def test_zero_gas_only_coasts_so_the_brake_is_the_only_way_to_slow_down() -> None:
+    env = make_env(image_obs=False, vector_obs=True, action_repeat=4, offtrack_steps=0, stuck_steps=0, max_brake=0.3)
+    env.reset(seed=0)
+    for _ in range(25):
+        env.step(np.array([0.0, 1.0], dtype=np.float32))
+    fast = env.step(np.array([0.0, 0.0], dtype=np.float32))[4]["speed"]
+    coasting = [env.step(np.array([0.0, 0.0], dtype=np.float32))[4]["speed"] for _ in range(10)][-1]
+    braking = [env.step(np.array([0.0, -1.0], dtype=np.float32))[4]["speed"] for _ in range(10)][-1]
+    assert coasting > 0.95 * fast and braking < 0.5 * coasting
 
 
 def test_stuck_penalty_makes_stuck_a_penalised_termination() -> None:

@@ -54,10 +54,9 @@ _CONFIG_LIMITS: dict[str, tuple[type, float | None, float | None]] = {
     "action_repeat": (int, 1, 16),
     "lap_complete_percent": (float, 0.0, 1.0),  # lowest value excluded
     "stuck_penalty": (float, None, 0.0),
-    "pedal": (str, None, None),
+    "max_brake": (float, 0.0, 1.0),  # lowest value excluded
 }
-#: The ``pedal`` mappings of the throttle_brake action ``a`` in [-1, 1] to CarRacing's (gas, brake) pedals.
-PEDAL_MAPPINGS: tuple[str, ...] = ("split", "gas")
+_EXCLUSIVE_LOW = ("lap_complete_percent", "max_brake")  # fields whose lowest value is excluded
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as Pillow's convert("L")
 
 
@@ -73,9 +72,8 @@ class CarRacingConfig:
     image_obs: bool = field(
         default=True, metadata={"help": "observe the camera frames; false (with vector_obs): the vector alone, no rendering"}
     )
-    pedal: str = field(
-        default="split",
-        metadata={"help": "throttle_brake mapping: split (a > 0 gas, a < 0 brake) or gas (gas (a + 1) / 2, no brake)"},
+    max_brake: float = field(
+        default=1.0, metadata={"help": "brake pedal at throttle_brake -1, (0, 1]; CarRacing locks the wheels above 0.9"}
     )
     max_episode_steps: int = field(default=1000, metadata={"help": "truncate after this many env steps, >= 1"})
     offtrack_steps: int = field(default=25, metadata={"help": "terminate after N steps with all wheels off; 0 = off"})
@@ -96,15 +94,13 @@ class CarRacingConfig:
             kind, low, high = _CONFIG_LIMITS.get(f.name, (bool, None, None))
             if kind is bool and not isinstance(value, bool):
                 raise ConfigError(f"CarRacingConfig.{f.name} must be true or false, got {value!r}")
-            if kind is str and value not in PEDAL_MAPPINGS:
-                raise ConfigError(f"CarRacingConfig.{f.name} must be one of {', '.join(PEDAL_MAPPINGS)}, got {value!r}")
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"CarRacingConfig.{f.name} must be an integer, got {value!r}")
             if kind is float:
                 if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                     raise ConfigError(f"CarRacingConfig.{f.name} must be a finite number, got {value!r}")
                 setattr(self, f.name, float(value))
-            too_low = low is not None and (value <= low if f.name == "lap_complete_percent" else value < low)
+            too_low = low is not None and (value <= low if f.name in _EXCLUSIVE_LOW else value < low)
             if too_low or (high is not None and value > high):
                 raise ConfigError(f"CarRacingConfig.{f.name} is out of range ({f.metadata['help']}), got {value!r}")
         if not (self.image_obs or self.vector_obs):
@@ -206,7 +202,8 @@ class CarRacingEnv(gym.Env):
     ``Box(-1, 1, (2,), float32)``:
 
     - 0: steer, -1 full left, +1 full right (CarRacing's ``steer``);
-    - 1: throttle_brake: a value ``> 0`` is the gas pedal (0 to 1), a value ``< 0`` the brake pedal (``-value``).
+    - 1: throttle_brake: a value ``> 0`` is the gas pedal (0 to 1), a value ``< 0`` the brake pedal
+      (``-value * max_brake``). CarRacing's car does not slow down without the brake: zero gas only coasts.
 
     :meth:`step` raises ``ValueError`` for an action that is not a finite array of shape (2,), then clips it to the
     space. CarRacing raises the gas by at most 0.1 per physics frame; braking above 0.9 locks the wheels.
@@ -329,10 +326,8 @@ class CarRacingEnv(gym.Env):
         if values is None or values.shape != (2,) or not np.all(np.isfinite(values)):
             raise ValueError(f"action must be a finite array of shape (2,) in {self.action_space}, got {action!r}")
         steer, pedal = np.clip(values, -1.0, 1.0).tolist()
-        if self.config.pedal == "gas":  # the whole range is gas: zero (and uniform random actions) move the car
-            control = np.array([steer, (pedal + 1.0) / 2.0, 0.0])  # CarRacing's [steer, gas, brake]
-        else:
-            control = np.array([steer, max(pedal, 0.0), max(-pedal, 0.0)])
+        # CarRacing's [steer, gas, brake]; a softer brake lets random exploration move the car (zero gas only coasts).
+        control = np.array([steer, max(pedal, 0.0), self.config.max_brake * max(-pedal, 0.0)])
         reward, terminated, inner_info = 0.0, False, {}
         for _ in range(self.config.action_repeat):
             _, frame_reward, terminated, _, inner_info = self._core.step(control)
