@@ -30,32 +30,38 @@ CAMERA = "carracing_camera_vector.yaml"
 PIXELS = "carracing_pixels.yaml"
 #: A run: (label, config file, overrides applied on top of it, seed).
 Run = tuple[str, str, dict[str, dict[str, Any]], int]
+RECIPE = "recipe"
 #: The recipe's ingredients, each switched back to plain TD3 / the original env semantics for the ablation.
 WITHOUT: dict[str, dict[str, dict[str, Any]]] = {
-    "recipe": {},
-    "- soft brake": {"env": {"max_brake": 1.0}},
+    "- soft brake (max_brake 1)": {"env": {"max_brake": 1.0}},
     "- stuck penalty": {"env": {"stuck_penalty": 0.0}},
     "- preact penalty": {"td3": {"preact_penalty": 0.0}},
-    "- noise decay": {"td3": {"exploration_noise_final": None}},
+    "none of the three": {"env": {"max_brake": 1.0, "stuck_penalty": 0.0}, "td3": {"preact_penalty": 0.0}},
 }
+#: The robustness grid of bar 0: learning rate x exploration noise at batch 256, seed 0 (the recipe: lr 1e-3, 0.1).
+GRID = [(lr, noise) for lr in (3e-4, 1e-3) for noise in (0.1, 0.2, 0.3)]
+
+
+def _grid_run(lr: float, noise: float) -> Run:
+    if (lr, noise) == (1e-3, 0.1):
+        return (RECIPE, VECTOR, {}, 0)
+    return (f"lr {lr:g}, noise {noise:g}", VECTOR, {"td3": {"learning_rate": lr, "exploration_noise": noise}}, 0)
+
+
 SETS: dict[str, list[Run]] = {
-    "vector": [("vector recipe", VECTOR, {}, seed) for seed in (0, 1, 2)],
-    "vector_grid": [
-        (f"lr {lr:g}, noise {noise:g}", VECTOR, {"td3": {"learning_rate": lr, "exploration_noise": noise}}, 0)
-        for lr in (3e-4, 1e-3)
-        for noise in (0.1, 0.2, 0.3)
-    ],
-    "vector_ablation": [(label, VECTOR, overrides, 0) for label, overrides in WITHOUT.items() if overrides],
-    "camera": [("camera + vector recipe", CAMERA, {}, seed) for seed in (0, 1, 2)],
-    "camera_ablation": [(label, CAMERA, overrides, 0) for label, overrides in WITHOUT.items() if overrides],
-    "pixels": [("pixels recipe", PIXELS, {}, seed) for seed in (0, 1, 2)],
+    "vector": [(RECIPE, VECTOR, {}, seed) for seed in (0, 1, 2)],
+    "vector_grid": [_grid_run(lr, noise) for lr, noise in GRID],
+    "vector_ablation": [(RECIPE, VECTOR, {}, 0)] + [(label, VECTOR, o, 0) for label, o in WITHOUT.items()],
+    "camera": [(RECIPE, CAMERA, {}, seed) for seed in (0, 1, 2)],
+    "camera_ablation": [(RECIPE, CAMERA, {}, 0)] + [(label, CAMERA, o, 0) for label, o in WITHOUT.items()],
+    "pixels": [(RECIPE, PIXELS, {}, seed) for seed in (0, 1, 2)],
 }
 
 
-def run_name(label: str, seed: int) -> str:
-    """:return: a directory name for a run: the label's letters and digits, then the seed"""
+def run_name(label: str, file: str, seed: int) -> str:
+    """:return: the directory of a run: config file, label and seed (one run shared by every set that names it)"""
     slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in label).strip("_")
-    return f"{slug}-s{seed}"
+    return f"{Path(file).stem}/{slug}-s{seed}"
 
 
 def run_one(
@@ -74,9 +80,10 @@ def run_one(
     data["run"] = {**data.get("run", {}), "seed": seed, "threads": 1, "progress_bar": False}
     if timesteps is not None:
         data["run"]["total_timesteps"] = timesteps
+    Path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     resume = (Path(run_dir) / "checkpoints" / "latest.json").is_file()
     config = None if resume else config_from_dict(data, source=f"{file} + {overrides or 'no overrides'}")
-    with open(Path(run_dir).with_suffix(".log"), "a") as log:
+    with open(f"{run_dir}.log", "a") as log:
         sys.stdout = sys.stderr = log
         report = phase3(config, run_dir, resume=resume)
     last = _evaluations(Path(run_dir))[-1:] or [{"mean_return": float("nan")}]
@@ -104,8 +111,8 @@ def run(sets: list[str], out: Path, jobs: int, timesteps: int | None) -> None:
     todo = []
     for name in sets:
         for label, file, overrides, seed in SETS[name]:
-            run_dir = out / name / run_name(label, seed)
-            if not (run_dir / "report.json").is_file():
+            run_dir = out / run_name(label, file, seed)
+            if not (run_dir / "report.json").is_file() and str(run_dir) not in [t[4] for t in todo]:
                 todo.append((label, file, overrides, seed, str(run_dir), timesteps))
     print(f"{len(todo)} runs to do, {jobs} at a time -> {out}", flush=True)
     started = time.perf_counter()
@@ -117,28 +124,31 @@ def run(sets: list[str], out: Path, jobs: int, timesteps: int | None) -> None:
 def set_table(name: str, out: Path) -> str:
     """One row per run of a set: last and best evaluation, frames, steps/s, saturation and episode ends."""
     lines = [
-        "| run | seed | physics frames | last eval (mean ± std, episodes) | best eval | env steps/s | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| run | lr | noise | seed | physics frames | last eval (mean ± std, episodes) | best eval | env steps/s | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lasts = []
-    for label, _, _, seed in SETS[name]:
-        run_dir = out / name / run_name(label, seed)
+    for label, file, _, seed in SETS[name]:
+        run_dir = out / run_name(label, file, seed)
         evaluations = _evaluations(run_dir)
         if not evaluations or not (run_dir / "report.json").is_file():
-            lines.append(f"| {label} | {seed} | not run | | | | |")
+            lines.append(f"| {label} | | | {seed} | not run | | | | |")
             continue
         report = json.loads((run_dir / "report.json").read_text())
+        td3 = _load_yaml(run_dir / "config.yaml")["td3"]
         summary = report["data"]["summary"]
         last = evaluations[-1]
         lasts.append(last["mean_return"])
         best = max(e["mean_return"] for e in evaluations)
         lines.append(
-            f"| {label} | {seed} | {last['physics_frames']:,} | {last['mean_return']:.1f} ± {last['std_return']:.1f} "
-            f"({len(last['returns'])}) | {best:.1f} | {summary['timesteps'] / summary['seconds']:.1f} "
+            f"| {label} | {td3['learning_rate']:g} | {td3['exploration_noise']:g} | {seed} | {last['physics_frames']:,} "
+            f"| {last['mean_return']:.1f} ± {last['std_return']:.1f} ({len(last['returns'])}) | {best:.1f} "
+            f"| {summary['timesteps'] / summary['seconds']:.1f} "
             f"| {report['verdict']} |"
         )
     if len(lasts) > 1:
-        lines.append(f"| **mean over runs** | | | **{statistics.mean(lasts):.1f} ± {statistics.pstdev(lasts):.1f}** | | | |")
+        mean, std = statistics.mean(lasts), statistics.pstdev(lasts)
+        lines.append(f"| **mean over runs** | | | | | **{mean:.1f} ± {std:.1f}** | | | |")
     return "\n".join(lines)
 
 
@@ -151,8 +161,8 @@ def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
     import numpy as np
 
     by_label: dict[str, list[list[dict[str, Any]]]] = {}
-    for label, _, _, seed in SETS[name]:
-        evaluations = _evaluations(out / name / run_name(label, seed))
+    for label, file, _, seed in SETS[name]:
+        evaluations = _evaluations(out / run_name(label, file, seed))
         if evaluations:
             by_label.setdefault(label, []).append(evaluations)
     if not by_label:
@@ -178,7 +188,7 @@ def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
 def summarize(out: Path, docs: Path) -> None:
     """Print each set's table and draw its curves."""
     for name in SETS:
-        if (out / name).is_dir():
+        if any((out / run_name(label, file, seed) / "report.json").is_file() for label, file, _, seed in SETS[name]):
             print(f"## {name}\n\n{set_table(name, out)}\n")
             figure = draw_curves(name, out, docs)
             if figure is not None:

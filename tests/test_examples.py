@@ -79,3 +79,45 @@ def test_binned_means_leave_empty_bins_nan() -> None:
     results = load_example("carracing_results")
     means = results._binned([(1.0, 2.0), (2.0, 4.0), (9.0, 10.0)], np.array([0.0, 5.0, 7.0, 10.0]))
     assert means[0] == 3.0 and np.isnan(means[1]) and means[2] == 10.0
+
+
+def test_every_learning_results_run_builds_a_valid_config():
+    """A typo in an ablation's or the grid's override (an unknown key) would only surface hours into a run."""
+    import copy
+
+    from sb3_carla_td3.config import config_from_dict
+
+    results = load_example("learning_results")
+    for name, runs in results.SETS.items():
+        dirs = [results.run_name(label, file, seed) for label, file, _, seed in runs]
+        assert len(set(dirs)) == len(dirs), name
+        for label, file, overrides, _ in runs:
+            data = copy.deepcopy(results._load_yaml(results.CONFIGS / file))
+            for section, values in overrides.items():
+                assert set(values) <= set(data[section]), (name, label)  # overrides change keys the recipe sets
+                data[section].update(values)
+            config_from_dict(data, source=f"{name}: {label}")
+
+
+def test_learning_results_ablation_switches_each_ingredient_off():
+    results = load_example("learning_results")
+    recipe = results._load_yaml(results.CONFIGS / results.VECTOR)
+    for label, overrides in results.WITHOUT.items():
+        changed = [recipe[section][key] != value for section, values in overrides.items() for key, value in values.items()]
+        assert changed and all(changed), label
+    grid = {(run[2].get("td3", {}).get("learning_rate"), run[2].get("td3", {}).get("exploration_noise")) for run in
+            results.SETS["vector_grid"]}  # fmt: skip
+    assert len(grid) == 6 and (None, None) in grid  # five points plus the recipe itself (lr 1e-3, noise 0.1)
+    assert (recipe["td3"]["learning_rate"], recipe["td3"]["exploration_noise"]) == (0.001, 0.1)
+
+
+def test_learning_results_run_one_trains_and_evaluates(tmp_path):
+    results = load_example("learning_results")
+    overrides = {"td3": {"learning_starts": 50, "batch_size": 16}, "run": {"eval_freq": 100, "eval_episodes": 1}}
+    run_dir = tmp_path / "vector" / "tiny-s0"
+    line = results.run_one("tiny", results.VECTOR, overrides, 0, str(run_dir), 200)
+    assert line.startswith("tiny seed 0: ") and "last evaluation" in line
+    evaluations = results._evaluations(run_dir)
+    assert [e["timestep"] for e in evaluations] == [100, 200] and evaluations[-1]["physics_frames"] == 800
+    table = results.set_table("vector", tmp_path)  # none of the set's runs is here
+    assert table.count("not run") == 3
