@@ -367,6 +367,27 @@ def test_stuck_truncates_after_stuck_seconds_of_simulated_time(server: FakeCarla
     env.close()
 
 
+def test_stuck_penalty_makes_stuck_a_penalised_termination(server: FakeCarlaServer) -> None:
+    env = straight_env(server, stuck_seconds=0.5, fixed_delta_seconds=0.05, reward={"stuck_penalty": 25.0})
+    env.reset()
+    steps = [env.step(np.array([0.0, -1.0])) for _ in range(10)]
+    _, reward, terminated, truncated, info = steps[-1]
+    assert (info["reason"], terminated, truncated) == ("stuck", True, False)
+    assert info["reward_terms"]["stuck"] == -25.0 and steps[-2][4]["reward_terms"]["stuck"] == 0.0
+    assert reward == pytest.approx(sum(info["reward_terms"].values()))
+    env.close()
+
+
+def test_max_brake_scales_the_brake_control(server: FakeCarlaServer) -> None:
+    env = straight_env(server, max_brake=0.3)
+    env.reset()
+    env.step(np.array([0.0, -1.0]))
+    assert ego(server)._control.brake == pytest.approx(0.3)
+    env.step(np.array([0.0, 0.5]))
+    assert (ego(server)._control.throttle, ego(server)._control.brake) == (0.5, 0.0)
+    env.close()
+
+
 def test_stuck_timer_restarts_when_the_car_moves(server: FakeCarlaServer) -> None:
     env = straight_env(server, stuck_seconds=0.5, fixed_delta_seconds=0.05)  # 10 steps
     env.reset()

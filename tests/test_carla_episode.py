@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from sb3_carla_td3.envs.carla_config import CarlaConfig
+from sb3_carla_td3.envs.carla_config import CarlaConfig, RewardConfig
 from sb3_carla_td3.envs.carla_episode import check_action, choose_npcs, end_reason
 
 CONFIG = CarlaConfig(max_episode_steps=100, stuck_seconds=1.0, fixed_delta_seconds=0.05, route_end_tolerance_m=2.0)
 SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+def test_stuck_is_a_termination_when_it_is_penalised() -> None:
+    config = CarlaConfig(stuck_seconds=1.0, fixed_delta_seconds=0.05, reward=RewardConfig(stuck_penalty=5.0))
+    assert end_reason(config, False, False, 50.0, 10, 20) == ("stuck", True)
 
 
 @pytest.mark.parametrize(

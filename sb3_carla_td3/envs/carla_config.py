@@ -147,6 +147,9 @@ class RewardConfig:
     progress_weight: float = field(default=0.5, metadata=_help("reward per metre of arc length gained along the route, >= 0"))
     collision_penalty: float = field(default=10.0, metadata=_help("reward subtracted on a collision (terminal), >= 0"))
     off_road_penalty: float = field(default=10.0, metadata=_help("reward subtracted on leaving the route (terminal), >= 0"))
+    stuck_penalty: float = field(
+        default=0.0, metadata=_help("reward subtracted on a stuck ending, >= 0; non-zero makes 'stuck' a termination")
+    )
     target_speed_mps: float = field(default=8.0, metadata=_help("cruise speed for the efficiency term in m/s, (0, 50]"))
     heading_tolerance_rad: float = field(default=0.5, metadata=_help("heading error of full lane penalty in rad, (0, 3.15]"))
 
@@ -160,6 +163,7 @@ class RewardConfig:
             "progress_weight",
             "collision_penalty",
             "off_road_penalty",
+            "stuck_penalty",
         ):
             setattr(self, name, _check_float(f"{p}.{name}", getattr(self, name), 0.0, 1e6))
         self.target_speed_mps = _check_float(f"{p}.target_speed_mps", self.target_speed_mps, 0.0, 50.0, low_open=True)
@@ -191,6 +195,7 @@ class CarlaConfig:
     max_episode_steps: int = field(default=1000, metadata=_help("steps before truncation ('max_steps'), 1 to 10000000"))
     stuck_seconds: float = field(default=10.0, metadata=_help("simulated seconds below stuck_speed_mps before truncation"))
     stuck_speed_mps: float = field(default=0.5, metadata=_help("speed under which the car counts as stuck in m/s, 0 to 10"))
+    max_brake: float = field(default=1.0, metadata=_help("brake at throttle_brake -1, (0, 1]; softer lets exploration move"))
     max_lateral_deviation_m: float = field(default=3.0, metadata=_help("distance from the route that terminates in metres"))
     route_end_tolerance_m: float = field(default=2.0, metadata=_help("remaining arc length that counts as completed, metres"))
     settle_ticks: int = field(default=10, metadata=_help("ticks after spawning before the first observation, 1 to 1000"))
@@ -233,6 +238,7 @@ class CarlaConfig:
         self.max_episode_steps = _check_int("max_episode_steps", self.max_episode_steps, 1, 10_000_000)
         self.stuck_seconds = _check_float("stuck_seconds", self.stuck_seconds, 0.0, 3600.0, low_open=True)
         self.stuck_speed_mps = _check_float("stuck_speed_mps", self.stuck_speed_mps, 0.0, 10.0)
+        self.max_brake = _check_float("max_brake", self.max_brake, 0.0, 1.0, low_open=True)
         self.max_lateral_deviation_m = _check_float(
             "max_lateral_deviation_m", self.max_lateral_deviation_m, 0.0, 50.0, low_open=True
         )

@@ -57,7 +57,7 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | Index | Action         | Range   | Effect                                                        |
     |-------|----------------|---------|---------------------------------------------------------------|
     | 0     | steer          | [-1, 1] | ``VehicleControl.steer`` (-1 full left, 1 full right)         |
-    | 1     | throttle_brake | [-1, 1] | positive part is throttle, negative part is brake (no reverse) |
+    | 1     | throttle_brake | [-1, 1] | positive part is throttle, negative part times ``max_brake`` is brake (no reverse) |
 
     An action of the wrong shape or with NaN/inf raises ``ValueError``; finite values are clipped to [-1, 1]
     (``carla.VehicleControl`` does not clamp).
@@ -92,7 +92,8 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ``info["reason"]`` says why (None while running). Terminated: ``"collision"`` (collision sensor event),
     ``"off_route"`` (|lateral deviation| > ``max_lateral_deviation_m``), ``"route_completed"`` (less than
     ``route_end_tolerance_m`` of route left). Truncated: ``"max_steps"`` (``max_episode_steps`` steps),
-    ``"stuck"`` (speed < ``stuck_speed_mps`` for ``stuck_seconds`` of simulated time), ``"carla_error"``
+    ``"stuck"`` (speed < ``stuck_speed_mps`` for ``stuck_seconds`` of simulated time; a termination instead, with
+    ``reward.stuck_penalty`` subtracted, when that penalty is non-zero), ``"carla_error"``
     (tick or sensor time-out; ``info["carla_error"]`` holds the message, the actors are destroyed and the next
     :meth:`reset` reconnects). ``info`` only holds plain Python values, so it pickles through ``SubprocVecEnv``.
 
@@ -321,7 +322,8 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             raise RuntimeError(f"{type(self).__name__}.step() needs a running episode: call reset() first")
         cfg = self.config
         steer, throttle_brake = float(action[0]), float(action[1])
-        control = self._carla.VehicleControl(throttle=max(throttle_brake, 0.0), steer=steer, brake=max(-throttle_brake, 0.0))
+        brake = cfg.max_brake * max(-throttle_brake, 0.0)
+        control = self._carla.VehicleControl(throttle=max(throttle_brake, 0.0), steer=steer, brake=brake)
         try:
             self._ego.apply_control(control)
             readings = self._sensors.collect(self._world.tick(cfg.timeout_s), cfg.timeout_s)
@@ -350,6 +352,7 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             lane_invasion=lane_invasion,
             collision=collision,
             off_road=off_road,
+            stuck=reason == "stuck",
         )
         terms = compute_reward_terms(inputs, cfg.reward)
         self._prev_action = action

@@ -190,6 +190,7 @@ def end_reason(
     :param steps: steps taken this episode.
     :param stuck_steps: consecutive steps below ``stuck_speed_mps``.
     :return: ``(reason, terminated)``; reason is None while the episode runs. Terminations win over truncations.
+        "stuck" is a termination when ``reward.stuck_penalty`` is non-zero (the agent chose to stop), else a truncation.
     """
     terminal = (
         ("collision", collision),
@@ -202,5 +203,5 @@ def end_reason(
     if steps >= config.max_episode_steps:
         return "max_steps", False
     if stuck_steps >= math.ceil(config.stuck_seconds / config.fixed_delta_seconds - 1e-9):
-        return "stuck", False
+        return "stuck", config.reward.stuck_penalty > 0
     return None, False

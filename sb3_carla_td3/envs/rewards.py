@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from sb3_carla_td3.envs.carla_config import RewardConfig
 
 #: Keys of ``info["reward_terms"]``, in the order they are computed.
-REWARD_TERMS: tuple[str, ...] = ("efficiency", "lane_keeping", "comfort", "safety", "progress", "collision", "off_road")
+REWARD_TERMS: tuple[str, ...] = (
+    "efficiency",
+    "lane_keeping",
+    "comfort",
+    "safety",
+    "progress",
+    "collision",
+    "off_road",
+    "stuck",
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class RewardInputs:
     :param lane_invasion: whether the lane-invasion sensor reported a crossed marking this step.
     :param collision: whether the collision sensor reported an event this step.
     :param off_road: whether the lateral deviation exceeded the termination threshold this step.
+    :param stuck: whether the episode ends "stuck" after this step.
     """
 
     speed_mps: float
@@ -47,6 +57,7 @@ class RewardInputs:
     lane_invasion: bool
     collision: bool
     off_road: bool
+    stuck: bool = False
 
 
 def efficiency(speed_mps: float, heading_error_rad: float, target_speed_mps: float) -> float:
@@ -128,5 +139,6 @@ def compute_reward_terms(inputs: RewardInputs, config: RewardConfig) -> dict[str
         "progress": config.progress_weight * progress(inputs.progress_m),
         "collision": -config.collision_penalty if inputs.collision else 0.0,
         "off_road": -config.off_road_penalty if inputs.off_road else 0.0,
+        "stuck": -config.stuck_penalty if inputs.stuck else 0.0,
     }
     return {name: float(value) for name, value in terms.items()}
