@@ -57,6 +57,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="run config YAML (default: the phase's file in configs/)")
     parser.add_argument("--env", choices=("carracing", "carla"), help="override env.name (its options reset to defaults)")
     parser.add_argument("--timesteps", type=int, help="override run.total_timesteps")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key, e.g. --set td3.preact_penalty=0 --set env.max_brake=1 (repeatable)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override run.device")
     parser.add_argument("--seed", type=int, help="override run.seed")
     parser.add_argument("--out", type=Path, help="run directory (default: run.output_dir/<phase>-<time>)")
@@ -98,7 +106,7 @@ def _validate(args: argparse.Namespace) -> int:
     phase = args.phase if args.command == "validate" else 3
     if args.config is None and args.command == "train":
         raise ConfigError("train needs --config FILE")
-    config = _apply_overrides(load_config(args.config or _default_config(phase)), args)
+    config = _apply_overrides(load_config(args.config or _default_config(phase), args.overrides), args)
     run_dir = _run_dir(args, config, f"phase{phase}" if args.command == "validate" else "train")
     runner = {1: phases.phase1, 2: phases.phase2, 3: phases.phase3}[phase]
     print(f"sb3-carla-td3: phase {phase} on {config.env.name}, {config.run.total_timesteps} steps -> {run_dir}")

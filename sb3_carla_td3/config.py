@@ -7,13 +7,14 @@ ignored as in the system this library replaces. Types and ranges are checked whe
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -489,10 +490,44 @@ def config_from_dict(data: Mapping[str, Any] | None, source: str = "<dict>") -> 
     return RunConfig(**sections, source=source)
 
 
-def load_config(path: str | Path) -> RunConfig:
+def apply_overrides(data: Mapping[str, Any] | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """Set ``SECTION.KEY=VALUE`` overrides (``env.reward.stuck_penalty=5``) on parsed YAML data.
+
+    Values are read as YAML (``1e-3``, ``null``, ``[64, 64]``, ``true``); keys are checked later, when the data is
+    built into a :class:`RunConfig`, like those of the file.
+
+    :param data: the parsed YAML (not modified)
+    :param overrides: ``"dotted.key=value"`` strings, applied in order
+    :return: a copy of ``data`` with the overrides set
+    :raises ConfigError: for an override without ``=`` or without a section, or one that descends into a value
+    """
+    result: dict[str, Any] = copy.deepcopy(dict(data or {}))
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ConfigError(f"override {override!r} must look like SECTION.KEY=VALUE, e.g. td3.preact_penalty=0.1")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML: {error}") from error
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Load and check a run config YAML file.
 
     :param path: the YAML file
+    :param overrides: ``SECTION.KEY=VALUE`` strings set on top of the file (see :func:`apply_overrides`)
     :return: the checked config
     :raises ConfigError: for a missing file, invalid YAML, unknown keys, wrong types or out-of-range values
     """
@@ -505,7 +540,8 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    config = config_from_dict(data, source=str(path))
+    source = str(path) + "".join(f" --set {o}" for o in overrides)
+    config = config_from_dict(apply_overrides(data, overrides), source=source)
     route = getattr(config.env.options, "route", None)
     if route is not None and route.waypoint_file and not Path(route.waypoint_file).is_absolute():
         # A waypoint file named in a config is relative to that config, not to the working directory.

@@ -95,3 +95,30 @@ def test_module_entry_point_smoke_run(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]  # without --strict a finished run exits 0
     assert "Verdict:" in completed.stdout
     assert (out / "report.md").is_file()
+
+
+def test_set_overrides_any_key_and_reaches_the_saved_effective_config(tmp_path):
+    out = tmp_path / "run"
+    main(["validate", "--phase", "1", "--config", str(tiny_yaml(tmp_path)), "--out", str(out), "--no-progress",
+          "--set", "td3.preact_penalty=0.25", "--set", "env.max_brake=0.5", "--set", "encoder.trunk=8"])  # fmt: skip
+    effective = load_config(out / "config.yaml")
+    assert (effective.td3.preact_penalty, effective.env.options.max_brake, effective.encoder.trunk) == (0.25, 0.5, 8)
+    assert json.loads((out / "report.json").read_text())["data"]["summary"]["timesteps"] == 150
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["td3.preac_penalty=0"], "unknown key 'preac_penalty'; did you mean 'preact_penalty'"),
+        (["td3.preact_penalty=-1"], "preact_penalty=-1.0 is out of range"),
+        (["preact_penalty=0"], "must look like SECTION.KEY=VALUE"),
+        (["td3.preact_penalty"], "must look like SECTION.KEY=VALUE"),
+        (["td3.gamma=0.9", "td3.gamma.x=1"], "td3.gamma is 0.9, not a section"),
+    ],
+)
+def test_bad_set_override_exits_1_naming_the_key(tmp_path, capsys, overrides, message):
+    args = ["validate", "--phase", "1", "--config", str(tiny_yaml(tmp_path))]
+    for override in overrides:
+        args += ["--set", override]
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
