@@ -279,6 +279,7 @@ def test_from_dict_builds_config() -> None:
         ("lap_complete_percent", 0.0),
         ("lap_complete_percent", 1.5),
         ("max_brake", 0.0),
+        ("pedal", "gas"),
         ("max_brake", 1.5),
         ("stuck_penalty", 1.0),
         ("image_obs", "no"),
@@ -364,6 +365,23 @@ def test_max_brake_scales_the_brake_pedal(action: list[float], expected: list[fl
     controls = capture_controls(env)
     env.step(np.array(action, dtype=np.float32))
     np.testing.assert_allclose(controls[-1], expected)
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        ([0.0, 1.0], [0.0, 1.0, 0.0]),
+        ([0.0, -1.0], [0.0, 0.0, 0.3]),
+        ([0.0, 0.0], [0.0, 0.35, 0.0]),  # the centre of a tanh actor drives
+        ([0.0, -7.0 / 13.0], [0.0, 0.0, 0.0]),  # -0.3 + (a + 1) / 2 * 1.3 = 0
+    ],
+)
+def test_linear_pedal_maps_the_action_range_onto_brake_then_gas(action: list[float], expected: list[float]) -> None:
+    env = make_env(image_size=36, max_brake=0.3, pedal="linear")
+    env.reset(seed=0)
+    controls = capture_controls(env)
+    env.step(np.array(action, dtype=np.float32))
+    np.testing.assert_allclose(controls[-1], expected, atol=1e-6)
 
 
 def test_uniform_random_actions_drive_faster_with_a_softer_brake() -> None:

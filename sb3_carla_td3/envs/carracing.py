@@ -55,7 +55,10 @@ _CONFIG_LIMITS: dict[str, tuple[type, float | None, float | None]] = {
     "lap_complete_percent": (float, 0.0, 1.0),  # lowest value excluded
     "stuck_penalty": (float, None, 0.0),
     "max_brake": (float, 0.0, 1.0),  # lowest value excluded
+    "pedal": (str, None, None),
 }
+#: How ``pedal`` maps the throttle_brake action ``a`` in [-1, 1] onto CarRacing's pedals (see the class docstring).
+PEDAL_MAPPINGS: tuple[str, ...] = ("split", "linear")
 _EXCLUSIVE_LOW = ("lap_complete_percent", "max_brake")  # fields whose lowest value is excluded
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as Pillow's convert("L")
 
@@ -71,6 +74,10 @@ class CarRacingConfig:
     vector_obs: bool = field(default=False, metadata={"help": "Dict observation with the car-physics 'vector'"})
     image_obs: bool = field(
         default=True, metadata={"help": "observe the camera frames; false (with vector_obs): the vector alone, no rendering"}
+    )
+    pedal: str = field(
+        default="split",
+        metadata={"help": "split (a > 0 gas, a < 0 brake) or linear ([-1, 1] onto [-max_brake, 1]: a = 0 is some gas)"},
     )
     max_brake: float = field(
         default=1.0, metadata={"help": "brake pedal at throttle_brake -1, (0, 1]; CarRacing locks the wheels above 0.9"}
@@ -94,6 +101,8 @@ class CarRacingConfig:
             kind, low, high = _CONFIG_LIMITS.get(f.name, (bool, None, None))
             if kind is bool and not isinstance(value, bool):
                 raise ConfigError(f"CarRacingConfig.{f.name} must be true or false, got {value!r}")
+            if kind is str and value not in PEDAL_MAPPINGS:
+                raise ConfigError(f"CarRacingConfig.{f.name} must be one of {', '.join(PEDAL_MAPPINGS)}, got {value!r}")
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"CarRacingConfig.{f.name} must be an integer, got {value!r}")
             if kind is float:
@@ -202,8 +211,10 @@ class CarRacingEnv(gym.Env):
     ``Box(-1, 1, (2,), float32)``:
 
     - 0: steer, -1 full left, +1 full right (CarRacing's ``steer``);
-    - 1: throttle_brake: a value ``> 0`` is the gas pedal (0 to 1), a value ``< 0`` the brake pedal
-      (``-value * max_brake``). CarRacing's car does not slow down without the brake: zero gas only coasts.
+    - 1: throttle_brake: with ``pedal="split"`` a value ``> 0`` is the gas pedal (0 to 1), a value ``< 0`` the brake
+      pedal (``-value * max_brake``); with ``pedal="linear"`` [-1, 1] maps linearly onto [-max_brake, 1] first (gas
+      above 0, brake below), so that 0, the centre of a tanh actor, is gas ``(1 - max_brake) / 2``. CarRacing's car
+      does not slow down without the brake: zero gas only coasts.
 
     :meth:`step` raises ``ValueError`` for an action that is not a finite array of shape (2,), then clips it to the
     space. CarRacing raises the gas by at most 0.1 per physics frame; braking above 0.9 locks the wheels.
@@ -326,8 +337,12 @@ class CarRacingEnv(gym.Env):
         if values is None or values.shape != (2,) or not np.all(np.isfinite(values)):
             raise ValueError(f"action must be a finite array of shape (2,) in {self.action_space}, got {action!r}")
         steer, pedal = np.clip(values, -1.0, 1.0).tolist()
+        max_brake = self.config.max_brake
+        if self.config.pedal == "linear":  # [-1, 1] onto [-max_brake, 1]: the centre of a tanh actor gives some gas
+            pedal = -max_brake + (pedal + 1.0) / 2.0 * (1.0 + max_brake)
+            max_brake = 1.0
         # CarRacing's [steer, gas, brake]; a softer brake lets random exploration move the car (zero gas only coasts).
-        control = np.array([steer, max(pedal, 0.0), self.config.max_brake * max(-pedal, 0.0)])
+        control = np.array([steer, max(pedal, 0.0), max_brake * max(-pedal, 0.0)])
         reward, terminated, inner_info = 0.0, False, {}
         for _ in range(self.config.action_repeat):
             _, frame_reward, terminated, _, inner_info = self._core.step(control)
