@@ -105,8 +105,8 @@ def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["evaluations"] if path.is_file() else []
 
 
-def run(sets: list[str], out: Path, jobs: int, timesteps: int | None) -> None:
-    """Train the missing runs of ``sets``, ``jobs`` at a time."""
+def run(sets: list[str], out: Path, jobs: int, timesteps: int | None, reverse: bool = False) -> None:
+    """Train the missing runs of ``sets``, ``jobs`` at a time (last first with ``reverse``)."""
     out.mkdir(parents=True, exist_ok=True)
     todo = []
     for name in sets:
@@ -114,6 +114,8 @@ def run(sets: list[str], out: Path, jobs: int, timesteps: int | None) -> None:
             run_dir = out / run_name(label, file, seed)
             if not (run_dir / "report.json").is_file() and str(run_dir) not in [t[4] for t in todo]:
                 todo.append((label, file, overrides, seed, str(run_dir), timesteps))
+    if reverse:
+        todo.reverse()
     print(f"{len(todo)} runs to do, {jobs} at a time -> {out}", flush=True)
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
@@ -203,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--out", type=Path, default=Path("runs/learning"))
     run_parser.add_argument("--jobs", type=int, default=2)
     run_parser.add_argument("--timesteps", type=int, default=None, help="override run.total_timesteps")
+    run_parser.add_argument("--reverse", action="store_true", help="last run first (a second worker on the same sets)")
     summary_parser = sub.add_parser("summarize", help="print the tables and draw the curves")
     summary_parser.add_argument("--out", type=Path, default=Path("runs/learning"))
     summary_parser.add_argument("--docs", type=Path, default=Path("docs/learning"))
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.sets, args.out, args.jobs, args.timesteps)
+        run(args.sets, args.out, args.jobs, args.timesteps, args.reverse)
     else:
         summarize(args.out, args.docs)
     return 0
