@@ -379,7 +379,8 @@ class RewardTrendCallback(BaseCallback):
 
     Degrading: the slope is negative and the mean return of the window's last third is below that of its first third
     by more than ``tolerance`` times the window's return std. With i.i.d. returns and ``tolerance=1`` a window is
-    flagged by chance about 1% of the time for 30 episodes, 4% for 20, 14% for 9. Logs ``health/reward_slope``
+    flagged by chance about 1% of the time for 30 episodes, 4% for 20, 14% for 9. Episodes that end during the random
+    warm-up (``learning_starts``) are not counted: they are not the policy's. Logs ``health/reward_slope``
     (return per episode), ``health/reward_change`` (that standardized difference) and ``health/reward_degrading``;
     never stops training.
 
@@ -400,7 +401,7 @@ class RewardTrendCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         episodes = episode_infos(self)
-        if not episodes:
+        if not episodes or self.num_timesteps <= getattr(self.model, "learning_starts", 0):
             return True
         self._returns.extend(float(episode["r"]) for episode in episodes)
         if len(self._returns) < self.window:

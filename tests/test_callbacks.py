@@ -283,6 +283,16 @@ def test_reward_trend_verdict_on_declining_returns() -> None:
     assert verdict.value == pytest.approx(expected_change)
 
 
+def test_reward_trend_ignores_the_random_warm_up_episodes(recwarn) -> None:
+    env = ScheduledEpisodeEnv(long_episodes=10**6, long_length=5, reward_drop=1.0)  # the same declining returns
+    model = TD3("MlpPolicy", env, **tiny(learning_starts=20, gradient_steps=0))
+    callback = RewardTrendCallback(window=3)
+    model.learn(30, callback=callback)
+    assert list(callback._returns) == [5.0 * (1 - 4), 5.0 * (1 - 5)]  # episodes ending at steps 25 and 30 only
+    assert callback.verdict().passed is None
+    assert not [w for w in recwarn if issubclass(w.category, TrainingHealthWarning)]
+
+
 def test_reward_trend_is_zero_change_for_constant_returns() -> None:
     assert reward_trend([3.0] * 9) == (pytest.approx(0.0, abs=1e-12), 0.0)
 
