@@ -101,8 +101,9 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "eval" / "evaluations.json"
-    return json.loads(path.read_text())["evaluations"] if path.is_file() else []
+    from sb3_carla_td3.validation.phases import load_evaluations
+
+    return load_evaluations(run_dir)
 
 
 def run(sets: list[str], out: Path, jobs: int, timesteps: int | None, reverse: bool = False) -> None:
