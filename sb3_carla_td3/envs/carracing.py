@@ -291,12 +291,11 @@ class CarRacingEnv(gym.Env):
         vector_space = spaces.Box(_VECTOR_LOW, _VECTOR_HIGH, dtype=np.float32)
         if not config.image_obs:
             self.observation_space = vector_space
+            self.frame_stack = 1  # no image, nothing stacked (the replay buffer must not look for frames)
         elif config.vector_obs:
             self.observation_space = spaces.Dict({"image": image_space, "vector": vector_space})
         else:
             self.observation_space = image_space
-        if not config.image_obs:
-            self.frame_stack = 1  # no image, nothing stacked (the replay buffer must not look for frames)
         self._stack = np.zeros(image_space.shape, dtype=np.uint8)
         self._steps = self._offtrack_count = self._stuck_count = 0
 

@@ -20,7 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.envs.carracing import CarRacingConfig
 
-__all__ = ["CARRACING_EPISODE_FRAMES", "DrivingEvalCallback", "evaluation_options", "frames_per_step"]
+__all__ = ["CARRACING_EPISODE_FRAMES", "DrivingEvalCallback", "evaluation_options", "frames_per_step", "read_evaluations"]
 
 #: Physics frames of one CarRacing-v3 episode (its TimeLimit).
 CARRACING_EPISODE_FRAMES = 1000
@@ -38,6 +38,11 @@ def evaluation_options(options: Any) -> Any:
         return options
     steps = math.ceil(CARRACING_EPISODE_FRAMES / options.action_repeat)
     return dataclasses.replace(options, offtrack_steps=0, stuck_steps=0, stuck_penalty=0.0, max_episode_steps=steps)
+
+
+def read_evaluations(path: Path) -> list[dict[str, Any]]:
+    """:return: the evaluations stored in a :class:`DrivingEvalCallback` JSON file, oldest first; [] when none"""
+    return json.loads(path.read_text())["evaluations"] if path.exists() else []
 
 
 def frames_per_step(options: Any) -> int:
@@ -76,9 +81,7 @@ class DrivingEvalCallback(BaseCallback):
         self.make_env, self.eval_freq, self.n_episodes = make_env, eval_freq, n_episodes
         self.seed, self.frames_per_step = seed, frames_per_step
         self.log_path = None if log_path is None else Path(log_path)
-        self.results: list[dict[str, Any]] = []
-        if self.log_path is not None and self.log_path.exists():
-            self.results = json.loads(self.log_path.read_text())["evaluations"]
+        self.results: list[dict[str, Any]] = [] if self.log_path is None else read_evaluations(self.log_path)
         self._env: gym.Env | None = None
 
     def _on_step(self) -> bool:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import multiprocessing
 import resource
 import statistics
@@ -19,6 +18,7 @@ from typing import Any
 from sb3_carla_td3.config import RunConfig, config_from_dict
 from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.reports import hyperparameter_report, parameter_report
+from sb3_carla_td3.validation.evaluation import read_evaluations
 from sb3_carla_td3.validation.plots import plot_evaluations, plot_history
 from sb3_carla_td3.validation.report import PhaseReport, Row, evaluation_table, fmt, learning_row, phase1_rows
 from sb3_carla_td3.validation.runner import EVALUATIONS_FILE, RunResult, summarize, train
@@ -111,8 +111,7 @@ def phase3(config: RunConfig | None, run_dir: str | Path, resume: bool = False, 
 
 def load_evaluations(run_dir: Path) -> list[dict[str, Any]]:
     """:return: the run's evaluations (:class:`DrivingEvalCallback` results), oldest first; [] when none"""
-    path = Path(run_dir) / EVALUATIONS_FILE
-    return json.loads(path.read_text())["evaluations"] if path.exists() else []
+    return read_evaluations(Path(run_dir) / EVALUATIONS_FILE)
 
 
 def _run_variant(config_data: dict[str, Any], run_dir: str, verbose: int) -> dict[str, Any]:
