@@ -13,6 +13,7 @@ report and plots. ``summarize`` prints one table per set and draws each set's cu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import multiprocessing
@@ -22,13 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
 VECTOR = "carracing_vector.yaml"
 CAMERA = "carracing_camera_vector.yaml"
 PIXELS = "carracing_pixels.yaml"
-#: A run: (label, config file, overrides applied on top of it, seed).
+#: A run: (label, config file, overrides applied on top of it, seed). The pseudo-section ``baseline`` of the
+#: overrides, ``{"algorithm": "TD3" | "SAC"}``, trains SB3's own algorithm instead (see :func:`train_baseline`).
 Run = tuple[str, str, dict[str, dict[str, Any]], int]
 RECIPE = "recipe"
 #: The recipe's ingredients, each switched back to plain TD3 / the original env semantics for the ablation.
@@ -53,6 +57,7 @@ SETS: dict[str, list[Run]] = {
     "vector_grid": [_grid_run(lr, noise) for lr, noise in GRID],
     "vector_ablation": [(RECIPE, VECTOR, {}, 0)] + [(label, VECTOR, o, 0) for label, o in WITHOUT.items()],
     "camera": [(RECIPE, CAMERA, {}, seed) for seed in (0, 1, 2)],
+    "camera_baselines": [(f"SB3 {algo}", CAMERA, {"baseline": {"algorithm": algo}}, 0) for algo in ("TD3", "SAC")],
     "camera_ablation": [(RECIPE, CAMERA, {}, 0)] + [(label, CAMERA, o, 0) for label, o in WITHOUT.items()],
     "pixels": [(RECIPE, PIXELS, {}, seed) for seed in (0, 1, 2)],
 }
@@ -75,6 +80,8 @@ def run_one(
 
     th.set_num_threads(1)
     data = copy.deepcopy(_load_yaml(CONFIGS / file))
+    overrides = copy.deepcopy(overrides)
+    baseline = overrides.pop("baseline", None)
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     data["run"] = {**data.get("run", {}), "seed": seed, "threads": 1, "progress_bar": False}
@@ -83,11 +90,73 @@ def run_one(
     Path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     resume = (Path(run_dir) / "checkpoints" / "latest.json").is_file()
     config = None if resume else config_from_dict(data, source=f"{file} + {overrides or 'no overrides'}")
-    with open(f"{run_dir}.log", "a") as log:
-        sys.stdout = sys.stderr = log
-        report = phase3(config, run_dir, resume=resume)
+    with open(f"{run_dir}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        if baseline is not None:
+            assert config is not None, f"{run_dir}: SB3 baselines are not resumable; delete the directory"
+            verdict = train_baseline(baseline["algorithm"], config, Path(run_dir))
+        else:
+            verdict = phase3(config, run_dir, resume=resume).verdict
     last = _evaluations(Path(run_dir))[-1:] or [{"mean_return": float("nan")}]
-    return f"{label} seed {seed}: {report.verdict}, last evaluation {last[0]['mean_return']:.1f}"
+    return f"{label} seed {seed}: {verdict}, last evaluation {last[0]['mean_return']:.1f}"
+
+
+def train_baseline(algorithm: str, config: Any, run_dir: Path) -> str:
+    """Train SB3's own ``TD3`` or ``SAC`` with ``MultiInputPolicy`` on the config's env, evaluated like the recipe.
+
+    The policy is SB3's default: a ``CombinedExtractor`` (NatureCNN on the image, the vector flattened), one for the
+    actor and one for the critic, no clipping, no health checks. The ``td3`` section's learning rate, buffer, warm-up,
+    batch, tau and gamma apply to both; TD3 also takes its exploration and target noise and policy delay, SAC keeps
+    its automatic entropy. Writes config.yaml, eval/evaluations.json, progress.csv and a report.json whose verdict
+    is "baseline".
+
+    :param algorithm: "TD3" or "SAC"
+    :param config: the run config (a :class:`sb3_carla_td3.config.RunConfig`)
+    :param run_dir: the run directory
+    :return: the verdict ("baseline")
+    """
+    from stable_baselines3 import SAC, TD3
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    from sb3_carla_td3.validation.runner import evaluation_callback, make_vec_env
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.yaml")
+    env = make_vec_env(config, config.run.seed)
+    td3 = config.td3
+    n_actions = env.action_space.shape[0]
+    common: dict[str, Any] = dict(
+        learning_rate=td3.learning_rate,
+        buffer_size=td3.buffer_size,
+        learning_starts=td3.learning_starts,
+        batch_size=td3.batch_size,
+        tau=td3.tau,
+        gamma=td3.gamma,
+        seed=config.run.seed,
+        device="cpu",
+    )
+    if algorithm == "TD3":
+        noise = NormalActionNoise(np.zeros(n_actions), np.full(n_actions, td3.exploration_noise))
+        model: Any = TD3(
+            "MultiInputPolicy",
+            env,
+            action_noise=noise,
+            policy_delay=td3.policy_delay,
+            target_policy_noise=td3.target_policy_noise,
+            target_noise_clip=td3.target_noise_clip,
+            **common,
+        )
+    elif algorithm == "SAC":
+        model = SAC("MultiInputPolicy", env, **common)
+    else:
+        raise ValueError(f"baseline algorithm must be 'TD3' or 'SAC', got {algorithm!r}")
+    model.set_logger(configure(str(run_dir), ["csv"]))
+    started = time.perf_counter()
+    model.learn(config.run.total_timesteps, callback=evaluation_callback(config, run_dir))
+    summary = {"timesteps": model.num_timesteps, "seconds": time.perf_counter() - started}
+    report = {"verdict": "baseline", "data": {"summary": summary, "algorithm": f"stable_baselines3.{algorithm}"}}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+    return "baseline"
 
 
 def _star_run_one(args: tuple[Any, ...]) -> str:
@@ -161,7 +230,6 @@ def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     by_label: dict[str, list[list[dict[str, Any]]]] = {}
     for label, file, _, seed in SETS[name]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -93,6 +94,7 @@ def test_every_learning_results_run_builds_a_valid_config():
         assert len(set(dirs)) == len(dirs), name
         for label, file, overrides, _ in runs:
             data = copy.deepcopy(results._load_yaml(results.CONFIGS / file))
+            overrides = {section: values for section, values in overrides.items() if section != "baseline"}
             for section, values in overrides.items():
                 assert set(values) <= set(data[section]), (name, label)  # overrides change keys the recipe sets
                 data[section].update(values)
@@ -121,3 +123,22 @@ def test_learning_results_run_one_trains_and_evaluates(tmp_path):
     assert [e["timestep"] for e in evaluations] == [100, 200] and evaluations[-1]["physics_frames"] == 800
     table = results.set_table("vector", tmp_path)  # none of the set's runs is here
     assert table.count("not run") == 3
+
+
+@pytest.mark.parametrize("algorithm", ["TD3", "SAC"])
+def test_learning_results_baseline_trains_sb3_and_evaluates_like_the_recipe(tmp_path, algorithm):
+    results = load_example("learning_results")
+    overrides = {
+        "baseline": {"algorithm": algorithm},
+        "env": {"image_size": 36, "frames": 1},
+        "td3": {"learning_starts": 40, "batch_size": 8, "buffer_size": 500},
+        "run": {"eval_freq": 60, "eval_episodes": 1},
+    }
+    run_dir = tmp_path / results.run_name(f"SB3 {algorithm}", results.CAMERA, 0)
+    line = results.run_one(f"SB3 {algorithm}", results.CAMERA, overrides, 0, str(run_dir), 60)
+    assert line.startswith(f"SB3 {algorithm} seed 0: baseline, last evaluation")
+    assert [e["timestep"] for e in results._evaluations(run_dir)] == [60]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["data"]["algorithm"] == f"stable_baselines3.{algorithm}" and report["data"]["summary"]["timesteps"] == 60
+    rows = results.set_table("camera_baselines", tmp_path).splitlines()[2:]
+    assert [row.endswith("| baseline |") for row in rows] == [algorithm == "TD3", algorithm == "SAC"]
