@@ -416,6 +416,8 @@ class TrainingHealthCallback(CallbackList):
     :param episodes: the episode-length check; None: ``EpisodeCollapseCallback()``
     :param rewards: the return-trend check; None: ``RewardTrendCallback()``
     :param saturation: the actor-saturation check; None: ``ActionSaturationCallback()``
+    :param check_freq: env steps between the Q-value and saturation checks that this callback builds itself (those
+        left None above); None: their defaults (1,000)
     """
 
     def __init__(
@@ -425,12 +427,14 @@ class TrainingHealthCallback(CallbackList):
         episodes: EpisodeCollapseCallback | None = None,
         rewards: RewardTrendCallback | None = None,
         saturation: ActionSaturationCallback | None = None,
+        check_freq: int | None = None,
     ) -> None:
+        every = {} if check_freq is None else {"check_freq": check_freq}
         self.gradients = GradientNormCallback() if gradients is None else gradients
-        self.q_values = QValueCallback() if q_values is None else q_values
+        self.q_values = QValueCallback(**every) if q_values is None else q_values
         self.episodes = EpisodeCollapseCallback() if episodes is None else episodes
         self.rewards = RewardTrendCallback() if rewards is None else rewards
-        self.saturation = ActionSaturationCallback() if saturation is None else saturation
+        self.saturation = ActionSaturationCallback(**every) if saturation is None else saturation
         super().__init__([self.gradients, self.q_values, self.episodes, self.rewards, self.saturation])
 
     def verdict(self) -> dict[str, HealthVerdict]:

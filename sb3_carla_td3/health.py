@@ -8,11 +8,13 @@ lives here next to its statistic; every callback is importable from :mod:`sb3_ca
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import random
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -211,12 +213,46 @@ def _target_values(model: BaseAlgorithm, data: Any) -> th.Tensor | None:
     return data.rewards + (1 - data.dones) * discounts * next_q
 
 
+@contextlib.contextmanager
+def preserved_rng(device: th.device) -> Iterator[None]:
+    """Restore the global Python, NumPy and torch RNG states (CPU, and ``device`` when it is a CUDA device) on exit.
+
+    A health check that draws a replay sample inside this block leaves a seeded run's batches, noise and weights
+    exactly as they would be without the check.
+
+    :param device: the model's device
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with th.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def deterministic_actions(model: BaseAlgorithm, observations: Any) -> th.Tensor | None:
+    """The actor's deterministic actions, scaled to [-1, 1]: TD3/DDPG's actor output, SAC/TQC/CrossQ's mean action.
+
+    :param model: an SB3 off-policy algorithm
+    :param observations: a batch of (preprocessed) observations
+    :return: the actions, or None when the model has no actor (e.g. DQN)
+    """
+    actor = getattr(model, "actor", None)
+    if actor is None:
+        return None
+    if hasattr(actor, "action_log_prob"):  # a squashed Gaussian: actor(obs) samples, the mean action is deterministic
+        return actor(observations, deterministic=True)
+    return actor(observations)
+
+
 def score_critic(model: BaseAlgorithm, n_samples: int) -> QSample | None:
     """Score the critic on a replay sample (its Q of the stored and of the actor's actions, and where cheap its one-step
     target), without disturbing training.
 
-    The global NumPy and torch RNG states are restored afterwards, so a seeded run draws the same batches and noise
-    with or without this check.
+    The global RNG states are restored afterwards (:func:`preserved_rng`), so a seeded run draws the same batches
+    and noise with or without this check. The actor's action is its deterministic one (:func:`deterministic_actions`).
 
     :param model: an off-policy SB3 algorithm with ``replay_buffer`` and ``critic``
     :param n_samples: transitions to score, >= 1
@@ -225,20 +261,15 @@ def score_critic(model: BaseAlgorithm, n_samples: int) -> QSample | None:
     buffer = getattr(model, "replay_buffer", None)
     if buffer is None or buffer.size() == 0:
         return None
-    numpy_state = np.random.get_state()
-    devices = [model.device] if model.device.type == "cuda" else []
-    try:
-        with th.random.fork_rng(devices=devices), th.no_grad():
-            data = buffer.sample(n_samples, env=model.get_vec_normalize_env())
-            q_values = critic_values(model.critic(data.observations, data.actions))
-            policy_q = critic_values(model.critic(data.observations, model.actor(data.observations))).mean()
-            target = _target_values(model, data)
-            stats = [q_values.mean(), q_values.max(), q_values.abs().max(), policy_q]
-            if target is not None:
-                stats += [target.mean(), target.max()]
-            numbers = th.stack(stats).float().cpu().tolist()
-    finally:
-        np.random.set_state(numpy_state)
+    with preserved_rng(model.device), th.no_grad():
+        data = buffer.sample(n_samples, env=model.get_vec_normalize_env())
+        q_values = critic_values(model.critic(data.observations, data.actions))
+        policy_q = critic_values(model.critic(data.observations, deterministic_actions(model, data.observations))).mean()
+        target = _target_values(model, data)
+        stats = [q_values.mean(), q_values.max(), q_values.abs().max(), policy_q]
+        if target is not None:
+            stats += [target.mean(), target.max()]
+        numbers = th.stack(stats).float().cpu().tolist()
     targets = numbers[4:] if target is not None else [None, None]
     q_abs_max = max(numbers[2], abs(numbers[3]))
     return QSample(

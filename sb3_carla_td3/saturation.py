@@ -12,7 +12,16 @@ import os
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_carla_td3.health import HealthVerdict, is_count, is_number, keep_training, require, warn_health
+from sb3_carla_td3.health import (
+    HealthVerdict,
+    deterministic_actions,
+    is_count,
+    is_number,
+    keep_training,
+    preserved_rng,
+    require,
+    warn_health,
+)
 
 #: |action| above this counts as saturated (actions live in [-1, 1]).
 SATURATED = 0.99
@@ -31,8 +40,9 @@ class ActionSaturationCallback(BaseCallback):
     """Flag an actor whose deterministic actions stay pinned at the bounds of [-1, 1].
 
     TD3CNN: reads ``last_train_stats["actor_saturation"]`` after every train() call with an actor update. Other
-    algorithms with a deterministic ``model.actor(obs)`` (TD3, DDPG): scores the actor on ``n_samples`` replay
-    observations every ``check_freq`` steps. Logs ``health/actor_saturation``; saturated for ``patience``
+    algorithms with an actor: scores its deterministic action (TD3/DDPG's output, SAC/TQC/CrossQ's mean action) on
+    ``n_samples`` replay observations every ``check_freq`` steps, restoring every RNG it draws from. Algorithms
+    without an actor are reported N/A. Logs ``health/actor_saturation``; saturated for ``patience``
     consecutive checks sets ``health/actor_saturated`` = 1 and warns.
 
     :param max_fraction: share of saturated action entries above which a check counts as saturated, in (0, 1]
@@ -67,6 +77,7 @@ class ActionSaturationCallback(BaseCallback):
         self.saturated_at_step: int | None = None
         self.fraction_at_alarm: float | None = None
         self._last_updates: float | None = None
+        self.not_applicable: str | None = None
 
     def _measure(self) -> float | None:
         stats = getattr(self.model, "last_train_stats", None)
@@ -76,11 +87,14 @@ class ActionSaturationCallback(BaseCallback):
             self._last_updates = stats.get("n_updates")
             return stats["actor_saturation"]
         buffer = getattr(self.model, "replay_buffer", None)
-        actor = getattr(self.model, "actor", None)
-        if self.n_calls % self.check_freq or buffer is None or actor is None or buffer.size() == 0:
+        if getattr(self.model, "actor", None) is None or buffer is None:
+            self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
             return None
-        with th.no_grad():
-            return saturation_fraction(actor(buffer.sample(self.n_samples).observations))
+        if self.n_calls % self.check_freq or buffer.size() == 0:
+            return None
+        with preserved_rng(self.model.device), th.no_grad():
+            actions = deterministic_actions(self.model, buffer.sample(self.n_samples).observations)
+        return None if actions is None else saturation_fraction(actions)
 
     def _on_step(self) -> bool:
         fraction = self._measure()
@@ -107,7 +121,7 @@ class ActionSaturationCallback(BaseCallback):
         :return: value = the saturated share at the alarm (else the latest), threshold = ``max_fraction``
         """
         if self.latest is None:
-            return HealthVerdict(None, None, self.max_fraction, "no actor update checked yet")
+            return HealthVerdict(None, None, self.max_fraction, self.not_applicable or "no actor update checked yet")
         if self.saturated_at_step is not None:
             detail = (
                 f"saturated from timestep {self.saturated_at_step} ({self.patience} consecutive checks); "

@@ -70,3 +70,43 @@ def test_healthy_run_passes_and_the_bundle_reports_it():
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ActionSaturationCallback(**kwargs)
+
+
+def _pendulum_td3() -> TD3:
+    return TD3("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16]}, seed=0, device="cpu")
+
+
+def test_health_checks_leave_a_seeded_run_unchanged():
+    """The Q-value and saturation checks draw replay samples; with every RNG restored the weights stay identical."""
+    plain = _pendulum_td3()
+    plain.learn(150)
+    checked = _pendulum_td3()
+    health = TrainingHealthCallback(check_freq=10)
+    checked.learn(150, callback=health)
+    assert health.saturation.latest is not None and health.q_values.last_sample is not None  # the checks did run
+    for name, weight in plain.policy.state_dict().items():
+        assert th.equal(weight, checked.policy.state_dict()[name]), name
+
+
+def test_sac_is_scored_on_its_deterministic_mean_action():
+    from stable_baselines3 import SAC
+
+    model = SAC("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16]}, learning_rate=1e-12, seed=0)
+    with th.no_grad():
+        model.actor.mu.weight.zero_()
+        model.actor.mu.bias.zero_()  # mean action tanh(0) = 0: nowhere near the bounds
+        model.actor.log_std.weight.zero_()
+        model.actor.log_std.bias.fill_(2.0)  # std e^2: about 70 % of *sampled* actions land beyond |a| = 0.99
+    callback = ActionSaturationCallback(patience=2, check_freq=20)
+    model.learn(120, callback=callback)
+    assert callback.latest == 0.0 and callback.verdict().passed is True
+
+
+def test_algorithm_without_an_actor_is_not_applicable():
+    from stable_baselines3 import DQN
+
+    model = DQN("MlpPolicy", "CartPole-v1", learning_starts=10, policy_kwargs={"net_arch": [8]}, seed=0)
+    callback = ActionSaturationCallback(check_freq=5)
+    model.learn(30, callback=callback)
+    verdict = callback.verdict()
+    assert verdict.passed is None and "DQN has no actor" in verdict.detail
