@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,156 @@ def test_unreachable_lane_raises_route_not_found(carla: Any) -> None:
     assert forward.lane_id != backward.lane_id
     with pytest.raises(RouteNotFoundError, match="no lane-following path"):
         RoutePlanner(one_road, RESOLUTION_M).plan(forward, backward)
+
+
+# ---------------------------------------------------------------- roads split into lane sections
+SECTIONS_XODR = Path(__file__).parent / "data" / "mini_town_sections.xodr"
+
+
+@pytest.fixture(scope="module")
+def sections_town(carla: Any) -> Any:
+    return carla.Map("mini_town_sections", SECTIONS_XODR.read_text())
+
+
+def _assert_route_follows_lanes(town: Any, carla: Any, route: Route, resolution_m: float) -> None:
+    """Every route segment off junctions lies on a lane centre and points in that lane's driving direction."""
+    steps = np.linalg.norm(np.diff(route.points, axis=0), axis=1)
+    assert steps.max() <= resolution_m + 1e-6
+    for (x0, y0), (x1, y1) in zip(route.points[:-1], route.points[1:], strict=True):
+        lane = town.get_waypoint(carla.Location(x=(x0 + x1) / 2, y=(y0 + y1) / 2, z=0.0))
+        if lane.is_junction:
+            continue
+        assert math.dist((lane.transform.location.x, lane.transform.location.y), ((x0 + x1) / 2, (y0 + y1) / 2)) < 0.5
+        heading_error = wrap_angle(math.atan2(y1 - y0, x1 - x0) - math.radians(lane.transform.rotation.yaw))
+        assert abs(heading_error) < math.radians(30), f"segment ({x0:.1f}, {y0:.1f}) -> ({x1:.1f}, {y1:.1f}) against its lane"
+
+
+def _assert_progress_monotone(route: Route, start: Any, step_m: float = 1.0) -> None:
+    """Drive a point along the lanes from ``start`` (at each branch taking the successor that follows the route):
+    its projected progress never falls back, it stays on the route and it reaches the route's end."""
+    waypoint, s_prev = start, 0.0
+    for _ in range(int(route.length_m / step_m) + 50):
+        if s_prev >= route.length_m - 2.0 * step_m:
+            return
+        candidates = waypoint.next(step_m)
+        assert candidates, f"lane ends at s = {s_prev:.1f} m of a {route.length_m:.1f} m route"
+        # Branches overlap where they leave a junction entry: choose by where each leads 5 m further on.
+        target = route.points_at(np.array(s_prev + step_m + 5.0))
+        best = int(np.argmin([min(math.dist(_xy_of(a), target) for a in w.next(5.0) or [w]) for w in candidates]))
+        waypoint = candidates[best]
+        projection = route.project(*_xy_of(waypoint), s_hint_m=s_prev)
+        assert abs(projection.lateral_m) < 0.5, f"left the route at s = {s_prev:.1f} m"
+        assert projection.s_m >= s_prev - 1e-6, f"progress fell back from {s_prev:.2f} to {projection.s_m:.2f} m"
+        s_prev = projection.s_m
+    pytest.fail(f"progress stalled at {s_prev:.1f} m of {route.length_m:.1f} m")
+
+
+def _xy_of(waypoint: Any) -> tuple[float, float]:
+    return waypoint.transform.location.x, waypoint.transform.location.y
+
+
+def test_sections_fixture_splits_roads_into_lane_sections(sections_town: Any) -> None:
+    sections = {(entry.road_id, entry.section_id) for entry, _ in sections_town.get_topology()}
+    assert {(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (4, 0), (4, 1)} <= sections
+
+
+@pytest.mark.parametrize("resolution_m", [1.0, 2.0, 3.0])
+def test_multi_section_roads_give_lane_following_routes_with_monotone_progress(
+    sections_town: Any, carla: Any, resolution_m: float
+) -> None:
+    planner = RoutePlanner(sections_town, resolution_m)  # raised "distance > 0.0" at 2 m before lane sections
+    rng = np.random.default_rng(1)
+    on_split_roads = [w for w in _driving_waypoints(sections_town, carla) if w.road_id in (1, 2, 4)]
+    anywhere = _driving_waypoints(sections_town, carla)
+    starts, ends = rng.choice(len(on_split_roads), 12), rng.choice(len(anywhere), 12)
+    pairs = [(on_split_roads[i], anywhere[j]) for i, j in zip(starts, ends, strict=True)]
+    # Start before a section boundary and end just after it, on the same lane: no detour, no loop.
+    before = sections_town.get_waypoint(carla.Location(x=-20.0, y=1.75, z=0.0))  # road 1, lane going towards s = 0
+    pairs.append((sections_town.get_waypoint(carla.Location(x=-24.0, y=-1.75, z=0.0)), before))
+    for start, end in pairs:
+        route = planner.plan(start, end)
+        _assert_route_follows_lanes(sections_town, carla, route, resolution_m)
+        _assert_progress_monotone(route, start)
+
+
+def test_route_across_one_section_boundary_is_direct(sections_town: Any, carla: Any) -> None:
+    for resolution_m in (1.0, 2.0, 3.0):
+        planner = RoutePlanner(sections_town, resolution_m)
+        start = sections_town.get_waypoint(carla.Location(x=-20.0, y=-1.75, z=0.0))  # road 1, s = 10, lane -1
+        end = sections_town.get_waypoint(carla.Location(x=-40.0, y=-1.75, z=0.0))  # s = 30, past the split at 17.3
+        assert (start.section_id, end.section_id) == (0, 1)
+        route = planner.plan(start, end)
+        assert route.length_m == pytest.approx(20.0, abs=0.1)
+
+
+# ---------------------------------------------------------------- CARLA's own Town01
+TOWN01_XODR = Path(__file__).resolve().parents[2] / "shared" / "maps" / "Town01.xodr"
+
+
+@pytest.fixture(scope="module")
+def town01(carla: Any) -> Any:
+    if not TOWN01_XODR.is_file():
+        pytest.skip(f"CARLA's Town01.xodr is not at {TOWN01_XODR} (only a checkout next to ../shared/maps has it)")
+    return carla.Map("Town01", TOWN01_XODR.read_text())
+
+
+def _lane_key(waypoint: Any) -> tuple[int, int, int]:
+    return waypoint.road_id, waypoint.section_id, waypoint.lane_id
+
+
+def _topology_successors(town: Any) -> dict[tuple[int, int, int], set[tuple[int, int, int]]]:
+    successors: dict[tuple[int, int, int], set[tuple[int, int, int]]] = {}
+    for entry, exit_ in town.get_topology():
+        successors.setdefault(_lane_key(entry), set()).add(_lane_key(exit_))
+    return successors
+
+
+def _bfs_hops(successors: dict, start: tuple, goal: tuple) -> int | None:
+    """Fewest topology segments from the one after ``start`` to ``goal`` (None: unreachable)."""
+    frontier, seen, hops = list(successors.get(start, ())), set(), 1
+    while frontier:
+        if goal in frontier:
+            return hops
+        seen.update(frontier)
+        frontier = list({n for f in frontier for n in successors.get(f, ()) if n not in seen})
+        hops += 1
+    return None
+
+
+@pytest.mark.parametrize("resolution_m", [1.0, 2.0, 3.0])
+def test_town01_routes_agree_with_a_bfs_over_the_topology(town01: Any, carla: Any, resolution_m: float) -> None:
+    planner = RoutePlanner(town01, resolution_m)
+    successors = _topology_successors(town01)
+    # Off lane-section ends: a waypoint on a boundary is as much the end of the lane before it as the start of
+    # its own, and get_waypoint cannot tell the two apart.
+    waypoints = [
+        w
+        for w in _driving_waypoints(town01, carla)
+        if all(_lane_key(n) == _lane_key(w) for n in [*w.next(1.5), *w.previous(1.5)])
+    ]
+    rng = np.random.default_rng(int(resolution_m))
+    pairs = [tuple(waypoints[i] for i in rng.choice(len(waypoints), 2, replace=False)) for _ in range(100)]
+    for start, end in pairs:
+        same_lane_ahead = _lane_key(start) == _lane_key(end) and (end.s - start.s) * (-1 if start.lane_id > 0 else 1) > 0
+        hops = 0 if same_lane_ahead else _bfs_hops(successors, _lane_key(start), _lane_key(end))
+        if hops is None:
+            with pytest.raises(RouteNotFoundError):
+                planner.plan(start, end)
+            continue
+        route = planner.plan(start, end)
+        s, e = start.transform.location, end.transform.location
+        np.testing.assert_allclose(route.points[[0, -1]], [[s.x, s.y], [e.x, e.y]], atol=1e-6)
+        assert route.length_m >= s.distance(e) - 1e-3  # carla.Location is float32
+        # The lanes the route drives through form a walk in the topology graph (junction lanes may overlap, so
+        # only the ordinary lanes on either side of a junction are compared) that is at least the BFS length.
+        lanes = []
+        for x, y in route.points[:: max(1, int(1.0 / resolution_m))]:
+            lane = town01.get_waypoint(carla.Location(x=float(x), y=float(y), z=0.0))
+            if not lane.is_junction and (not lanes or lanes[-1] != _lane_key(lane)):
+                lanes.append(_lane_key(lane))
+        assert lanes[0] == _lane_key(start) and lanes[-1] == _lane_key(end)
+        for a, b in itertools.pairwise(lanes):
+            two_steps = {c for n in successors.get(a, ()) for c in successors.get(n, ())}
+            assert b in successors.get(a, set()) | two_steps, f"route jumps from lane {a} to lane {b}"
+        assert len(lanes) - 1 >= (hops + 1) // 2  # a junction lane between two ordinary lanes is one hidden hop
+        _assert_route_follows_lanes(town01, carla, route, resolution_m)

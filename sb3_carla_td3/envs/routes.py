@@ -2,7 +2,7 @@
 
 The ``carla`` wheel ships no ``agents`` package (no ``GlobalRoutePlanner``), so :class:`RoutePlanner` builds
 its own graph from ``Map.get_topology()``: one edge per topology segment (a lane from its entry to its exit
-waypoint, sampled with ``Waypoint.next_until_lane_end``), nodes merged where an exit meets an entry. Lane
+waypoint, sampled with ``Waypoint.next`` within its lane section), nodes merged where an exit meets an entry. Lane
 changes are not planned; a route follows lanes and takes junction turns.
 
 Progress is the arc length of the ego's projection onto the route polyline, searched in a window around the
@@ -240,6 +240,7 @@ class _Edge:
     points: np.ndarray  # (K, 2)
     half_widths: np.ndarray  # (K,)
     road_ids: np.ndarray  # (K,)
+    section_ids: np.ndarray  # (K,)
     lane_ids: np.ndarray  # (K,)
     length_m: float
 
@@ -282,6 +283,7 @@ class RoutePlanner:
         self._all_edge = np.concatenate([np.full(len(e.points), k) for k, e in enumerate(self.edges)])
         self._all_index = np.concatenate([np.arange(len(e.points)) for e in self.edges])
         self._all_road = np.concatenate([e.road_ids for e in self.edges])
+        self._all_section = np.concatenate([e.section_ids for e in self.edges])
         self._all_lane = np.concatenate([e.lane_ids for e in self.edges])
 
     def _node(self, xy: tuple[float, float]) -> int:
@@ -291,8 +293,29 @@ class RoutePlanner:
         self._nodes.append(xy)
         return len(self._nodes) - 1
 
+    def _lane_samples(self, entry_wp: Any) -> list[Any]:
+        """Waypoints every ``resolution_m`` along the entry's lane section, from the entry to the section's end.
+
+        ``Waypoint.next_until_lane_end`` is not used: it runs to the end of the *road*, not of the lane section
+        a topology segment covers (so a road split into lane sections gave edges that overran their exit, and
+        raised ``RuntimeError: distance > 0.0`` when a sample fell on a section boundary).
+        """
+        key = (entry_wp.road_id, entry_wp.section_id, entry_wp.lane_id)
+        samples = [entry_wp]
+        # A lane section cannot be longer than the road; the bound only guards against a map that loops a
+        # lane onto itself within one section.
+        for _ in range(1_000_000):
+            ahead = [w for w in samples[-1].next(self.resolution_m) if (w.road_id, w.section_id, w.lane_id) == key]
+            if not ahead:
+                break
+            step = ahead[0]
+            if math.dist(_xy(step), _xy(samples[-1])) < 1e-6:
+                break
+            samples.append(step)
+        return samples
+
     def _add_edge(self, entry_wp: Any, exit_wp: Any) -> None:
-        waypoints = [entry_wp, *entry_wp.next_until_lane_end(self.resolution_m)]
+        waypoints = self._lane_samples(entry_wp)
         points = [_xy(w) for w in waypoints]
         exit_xy = _xy(exit_wp)
         if math.dist(points[-1], exit_xy) > 0.1:
@@ -306,6 +329,7 @@ class RoutePlanner:
             points=arr,
             half_widths=np.array([w.lane_width / 2.0 for w in waypoints]),
             road_ids=np.array([w.road_id for w in waypoints]),
+            section_ids=np.array([w.section_id for w in waypoints]),
             lane_ids=np.array([w.lane_id for w in waypoints]),
             length_m=length,
         )
@@ -313,9 +337,15 @@ class RoutePlanner:
         self._out.setdefault(edge.entry, []).append(len(self.edges) - 1)
 
     def _localize(self, waypoint: Any) -> tuple[int, int]:
-        """Return (edge index, point index) of the lane-graph point closest to ``waypoint`` on its road and lane."""
+        """Return (edge index, point index) of the lane-graph point closest to ``waypoint`` on its lane section."""
         xy = np.array(_xy(waypoint))
-        mask = (self._all_road == waypoint.road_id) & (self._all_lane == waypoint.lane_id)
+        mask = (
+            (self._all_road == waypoint.road_id)
+            & (self._all_section == waypoint.section_id)
+            & (self._all_lane == waypoint.lane_id)
+        )
+        if not mask.any():
+            mask = (self._all_road == waypoint.road_id) & (self._all_lane == waypoint.lane_id)
         if not mask.any():
             mask = np.ones(len(self._all_points), dtype=bool)
         candidates = np.flatnonzero(mask)
@@ -324,17 +354,17 @@ class RoutePlanner:
 
     def _astar(self, start_node: int, goal_node: int) -> list[int]:
         """Edge indices of the shortest path from ``start_node`` to ``goal_node`` (empty if they are equal)."""
-        goal = np.array(self._nodes[goal_node])
+        goal = self._nodes[goal_node]
         frontier = [(0.0, 0.0, start_node)]
         best = {start_node: 0.0}
         came_from: dict[int, tuple[int, int]] = {}
         while frontier:
             _, cost, node = heapq.heappop(frontier)
             if node == goal_node:
-                path = []
+                path: list[int] = []
                 while node != start_node:
-                    node, edge = came_from[node]
-                    path.append(edge)
+                    node, edge_index = came_from[node]
+                    path.append(edge_index)
                 return path[::-1]
             if cost > best.get(node, math.inf):
                 continue
@@ -344,7 +374,7 @@ class RoutePlanner:
                 if new_cost < best.get(edge.exit, math.inf):
                     best[edge.exit] = new_cost
                     came_from[edge.exit] = (node, k)
-                    heuristic = float(np.linalg.norm(np.array(self._nodes[edge.exit]) - goal))
+                    heuristic = math.dist(self._nodes[edge.exit], goal)
                     heapq.heappush(frontier, (new_cost + heuristic, new_cost, edge.exit))
         raise RouteNotFoundError(
             f"no lane-following path from node {self._nodes[start_node]} to node {self._nodes[goal_node]}"
@@ -365,6 +395,7 @@ class RoutePlanner:
         first = self.edges[start_edge]
         # One extra sample on each side, so the exact cut below can fall between two samples.
         begin, stop = max(start_index - 1, 0), end_index + 2
+        parts: list[tuple[_Edge, int, int | None]]
         if start_edge == end_edge and end_index > start_index:
             parts = [(first, begin, stop)]
         else:

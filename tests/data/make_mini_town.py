@@ -74,21 +74,26 @@ def _road(
     start: tuple[float, float, float],
     pieces: list[tuple[float, float]],
     link: str,
-    lanes: tuple[str | None, str],
+    sections: list[tuple[float, str | None, str]],
 ) -> str:
+    """One ``<road>``; ``sections`` lists ``(s_start, left lanes xml or None, right lanes xml)`` per lane section."""
     geometry, length = _geometry(*start, pieces)
-    left, right = lanes
-    left_xml = f"        <left>\n{left}\n        </left>\n" if left else ""
-    centre_mark = "broken" if left else "none"
+    section_xml = []
+    for s, left, right in sections:
+        left_xml = f"        <left>\n{left}\n        </left>\n" if left else ""
+        centre_mark = "broken" if left else "none"
+        section_xml.append(
+            f'      <laneSection s="{s:g}">\n'
+            f"{left_xml}"
+            f'        <center><lane id="0" type="none" level="false"><roadMark sOffset="0" type="{centre_mark}" '
+            'weight="standard" color="white" width="0.15"/></lane></center>\n'
+            f"        <right>\n{right}\n        </right>\n      </laneSection>"
+        )
     return (
         f'  <road name="road{road_id}" length="{length:.10f}" id="{road_id}" junction="{junction}">\n'
         f'    <link>{link}</link>\n    <type s="0" type="town"/>\n    <planView>\n{geometry}\n    </planView>\n'
         '    <elevationProfile><elevation s="0" a="0" b="0" c="0" d="0"/></elevationProfile>\n'
-        '    <lateralProfile/>\n    <lanes>\n      <laneSection s="0">\n'
-        f"{left_xml}"
-        f'        <center><lane id="0" type="none" level="false"><roadMark sOffset="0" type="{centre_mark}" '
-        'weight="standard" color="white" width="0.15"/></lane></center>\n'
-        f"        <right>\n{right}\n        </right>\n      </laneSection>\n    </lanes>\n  </road>"
+        "    <lateralProfile/>\n    <lanes>\n" + "\n".join(section_xml) + "\n    </lanes>\n  </road>"
     )
 
 
@@ -103,12 +108,23 @@ def _two_way_road(
     pieces: list[tuple[float, float]],
     pred: tuple[str, int, str | None],
     succ: tuple[str, int, str | None],
+    splits: tuple[float, ...] = (),
 ) -> str:
-    """A road with lanes 1 and -1; lane-level links only towards ordinary roads (junctions use their tables)."""
+    """A road with lanes 1 and -1; lane-level links only towards ordinary roads (junctions use their tables).
+
+    :param splits: arc lengths (metres, increasing, inside the road) where a new lane section starts; the lanes
+        of consecutive sections are linked to the lane with the same id.
+    """
     pred_lane = 1 if pred[0] == "road" else None
     succ_lane = 1 if succ[0] == "road" else None
-    lanes = (_lane(1, pred_lane, succ_lane, "solid"), _lane(-1, pred_lane and -1, succ_lane and -1, "solid"))
-    return _road(road_id, -1, start, pieces, _link("predecessor", *pred) + _link("successor", *succ), lanes)
+    starts = [0.0, *splits]
+    sections: list[tuple[float, str | None, str]] = []
+    for k, s in enumerate(starts):
+        first, last = k == 0, k == len(starts) - 1
+        p = pred_lane if first else 1
+        n = succ_lane if last else 1
+        sections.append((s, _lane(1, p, n, "solid"), _lane(-1, p and -1, n and -1, "solid")))
+    return _road(road_id, -1, start, pieces, _link("predecessor", *pred) + _link("successor", *succ), sections)
 
 
 def _junction(junction_id: int, spec: dict) -> tuple[list[str], str]:
@@ -125,7 +141,8 @@ def _junction(junction_id: int, spec: dict) -> tuple[list[str], str]:
             from_lane = 1 if in_contact == "start" else -1  # the lane driving into the junction
             to_lane = -1 if out_contact == "start" else 1  # the lane driving away from it
             link = _link("predecessor", "road", in_road, in_contact) + _link("successor", "road", out_road, out_contact)
-            roads.append(_road(road_id, junction_id, start, pieces, link, (None, _lane(-1, from_lane, to_lane, "none"))))
+            lanes = [(0.0, None, _lane(-1, from_lane, to_lane, "none"))]
+            roads.append(_road(road_id, junction_id, start, pieces, link, lanes))
             links.append(
                 f'    <connection id="{len(links)}" incomingRoad="{in_road}" connectingRoad="{road_id}" '
                 f'contactPoint="start"><laneLink from="{from_lane}" to="-1"/></connection>'
@@ -135,8 +152,20 @@ def _junction(junction_id: int, spec: dict) -> tuple[list[str], str]:
     return roads, record
 
 
-def build_xodr() -> str:
-    """Return the OpenDRIVE text of the mini town."""
+#: Lane-section splits of the ``mini_town_sections`` variant: road id -> arc lengths (m) where a section starts.
+#: Road 1 gets three sections (one boundary on a straight, one inside a curve), road 2 and road 4 two each; the
+#: boundaries fall between the 1, 2 and 3 m samples of a route so a planner cannot rely on round numbers.
+SECTION_SPLITS: dict[int, tuple[float, ...]] = {1: (17.3, 61.15), 2: (20.5,), 4: (31.7,)}
+
+
+def build_xodr(splits: dict[int, tuple[float, ...]] | None = None, name: str = "mini_town") -> str:
+    """Return the OpenDRIVE text of the mini town.
+
+    :param splits: road id -> arc lengths in metres where that road starts a new lane section (same lanes,
+        linked across the boundary); None or empty gives every road one lane section.
+    :param name: the map name written in the header.
+    """
+    splits = splits or {}
     quarter, right = R_LOOP * HALF_PI, -1 / R_LOOP
     roads = [
         _two_way_road(
@@ -145,6 +174,7 @@ def build_xodr() -> str:
             [(40, 0), (quarter, right), (40, 0), (quarter, right), (50, 0)],
             ("junction", 1000, None),
             ("road", 3, "start"),
+            splits.get(1, ()),
         ),
         _two_way_road(
             3,
@@ -152,14 +182,16 @@ def build_xodr() -> str:
             [(50, 0), (quarter, right), (40, 0), (quarter, right), (40, 0)],
             ("road", 1, "end"),
             ("junction", 1000, None),
+            splits.get(3, ()),
         ),
-        _two_way_road(2, (0, -10, -HALF_PI), [(40, 0)], ("junction", 1000, None), ("junction", 2000, None)),
+        _two_way_road(2, (0, -10, -HALF_PI), [(40, 0)], ("junction", 1000, None), ("junction", 2000, None), splits.get(2, ())),
         _two_way_road(
             4,
             (10, -60, 0.0),
             [(30, 0), (quarter, right), (20, 0), (quarter, right), (40, 0)],
             ("junction", 2000, None),
             ("road", 5, "start"),
+            splits.get(4, ()),
         ),
         _two_way_road(
             5,
@@ -167,6 +199,7 @@ def build_xodr() -> str:
             [(40, 0), (quarter, right), (20, 0), (quarter, right), (30, 0)],
             ("road", 4, "end"),
             ("junction", 2000, None),
+            splits.get(5, ()),
         ),
     ]
     records = []
@@ -176,7 +209,7 @@ def build_xodr() -> str:
         records.append(record)
     header = (
         '<?xml version="1.0" standalone="yes"?>\n<OpenDRIVE>\n'
-        '  <header revMajor="1" revMinor="4" name="mini_town" version="1.00" '
+        f'  <header revMajor="1" revMinor="4" name="{name}" version="1.00" '
         'north="100" south="-140" east="80" west="-80">\n'
         "    <geoReference><![CDATA[+proj=tmerc +lat_0=0 +lon_0=0]]></geoReference>\n  </header>\n"
     )
@@ -184,6 +217,9 @@ def build_xodr() -> str:
 
 
 if __name__ == "__main__":
-    target = Path(__file__).with_name("mini_town.xodr")
-    target.write_text(build_xodr())
-    print(f"wrote {target}")
+    for target, text in (
+        (Path(__file__).with_name("mini_town.xodr"), build_xodr()),
+        (Path(__file__).with_name("mini_town_sections.xodr"), build_xodr(SECTION_SPLITS, "mini_town_sections")),
+    ):
+        target.write_text(text)
+        print(f"wrote {target}")
