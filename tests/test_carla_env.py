@@ -80,6 +80,48 @@ def test_connect_sets_synchronous_mode_and_close_restores_settings(server: FakeC
     assert server.tm_synchronous[env.config.tm_port] is False
 
 
+def test_tick_failure_then_close_restores_settings(server: FakeCarlaServer) -> None:
+    env = straight_env(server)
+    env.reset()
+    server.fail_call("World.tick")
+    assert env.step(np.array([0.0, 0.5]))[4]["reason"] == "carla_error"
+    env.close()
+    assert not server.settings.synchronous_mode and server.tm_synchronous[env.config.tm_port] is False
+
+
+def test_settings_are_restored_through_a_fresh_client_when_the_old_one_is_gone(server: FakeCarlaServer) -> None:
+    env = straight_env(server)
+    env.reset()
+    server.drop_connections()  # the env's client times out from now on; the server keeps its synchronous mode
+    assert env.step(np.array([0.0, 0.5]))[4]["reason"] == "carla_error"
+    assert server.settings.synchronous_mode
+    env.close()
+    assert server.connections == 2
+    assert not server.settings.synchronous_mode and server.settings.fixed_delta_seconds is None
+    assert server.tm_synchronous[env.config.tm_port] is False
+
+
+@pytest.mark.parametrize(("error", "raised"), [(None, CarlaConnectionError), (ValueError("boom"), ValueError)])
+def test_failure_inside_connect_after_apply_settings_restores_them(
+    server: FakeCarlaServer, error: BaseException | None, raised: type
+) -> None:
+    server.fail_call("TrafficManager.set_synchronous_mode", error)  # right after world.apply_settings
+    with pytest.raises(raised):
+        make_env(server)
+    assert not server.settings.synchronous_mode and server.settings.fixed_delta_seconds is None
+
+
+def test_leftover_synchronous_mode_is_not_taken_as_the_original_setting(
+    server: FakeCarlaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.settings.synchronous_mode, server.settings.fixed_delta_seconds = True, 0.1  # a crashed client's
+    env = make_env(server)
+    assert "found in synchronous mode" in caplog.text
+    env.reset()
+    env.close()
+    assert not server.settings.synchronous_mode and server.settings.fixed_delta_seconds is None
+
+
 def test_close_is_idempotent(server: FakeCarlaServer) -> None:
     env = make_env(server)
     env.reset()

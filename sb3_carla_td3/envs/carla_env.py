@@ -101,7 +101,9 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ``CarlaEnv(config=None, render_mode=None, *, backend=None)``; see the parameters below. Construction probes
     the server in a subprocess first (libcarla aborts the process if a non-CARLA service answers) and raises
     :class:`~sb3_carla_td3.errors.CarlaConnectionError` within ``timeout_s + 1`` s if none answers.
-    :meth:`close` destroys every actor and restores the world settings found on connect; it is idempotent.
+    :meth:`close` destroys every actor and restores the world settings found on connect (through a fresh client if
+    the env's own is gone; a synchronous mode left over by a crashed client becomes asynchronous mode); it is
+    idempotent. A failure during construction after the settings were changed restores them before raising.
 
     ## Version History
     - v0: first release (CARLA 0.9.16, synchronous mode, frame-matched sensors, A* routes on the map topology).
@@ -152,6 +154,8 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._npc_blueprints: list[Any] = []
         self._fixed_route: tuple[Route, float] | None = None
         self._original_settings: Any = None
+        #: True while the server may hold settings this env applied (synchronous mode) that close() must undo.
+        self._settings_changed = False
         # Episode state.
         self._ego: Any = None
         self._route: Route | None = None
@@ -169,19 +173,25 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
-        """Connect, switch the world to synchronous mode, set up the Traffic Manager and the route planner."""
+        """Connect, switch the world to synchronous mode, set up the Traffic Manager and the route planner.
+
+        If anything fails once the settings were changed, they are restored before the error propagates (a world
+        left in synchronous mode with nobody ticking freezes every later client).
+        """
         cfg, carla = self.config, self._carla
         client = self._backend.connect(cfg.host, cfg.port, cfg.timeout_s)
+        world: Any = None
         try:
             world = client.get_world()
             if world.get_map().name.rsplit("/", 1)[-1] != cfg.town:
                 world = client.load_world(cfg.town)
             if self._original_settings is None:
-                self._original_settings = world.get_settings()
+                self._original_settings = self._settings_to_restore(world.get_settings())
             settings = world.get_settings()
             settings.synchronous_mode = True
             settings.fixed_delta_seconds = cfg.fixed_delta_seconds
             settings.no_rendering_mode = False  # cameras need rendering (and 0.9.16 slows down otherwise)
+            self._settings_changed = True  # before the call: a time-out may still have applied them
             world.apply_settings(settings)
             traffic_manager = client.get_trafficmanager(cfg.tm_port)
             traffic_manager.set_synchronous_mode(True)
@@ -189,22 +199,88 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 traffic_manager.set_random_device_seed(cfg.seed)
             sweep_stale_actors(carla, client, world)
             world_map = world.get_map()
-            self._planner = RoutePlanner(world_map, cfg.route.resolution_m)
+            planner = RoutePlanner(world_map, cfg.route.resolution_m)
             self._spawn_points = spawn_transforms(carla, world_map)
             self._npc_blueprints = four_wheeled_blueprints(world.get_blueprint_library())
-        except CARLA_FAILURES as e:
-            raise CarlaConnectionError(f"CARLA server at {cfg.host}:{cfg.port} failed while setting up: {e}") from e
-        self._client, self._world, self._map = client, world, world_map
+            self._fixed_route = fixed_route(carla, world_map, planner, cfg.route, self._route_rows)
+        except BaseException as e:
+            self._restore_settings(client, world)
+            if isinstance(e, CARLA_FAILURES):
+                raise CarlaConnectionError(f"CARLA server at {cfg.host}:{cfg.port} failed while setting up: {e}") from e
+            raise
+        self._client, self._world, self._map, self._planner = client, world, world_map, planner
         self._actors = ActorLifecycle(carla, client, world, cfg.tm_port)
-        self._fixed_route = fixed_route(carla, world_map, self._planner, cfg.route, self._route_rows)
+
+    def _settings_to_restore(self, found: Any) -> Any:
+        """The settings to put back on close: those found on the first connect, except a leftover synchronous mode.
+
+        A server found in synchronous mode was left so by a client that did not restore it (crashed or killed):
+        restoring that would freeze the next client, so asynchronous mode with a variable time step (CARLA's
+        defaults) is restored instead.
+
+        :param found: ``world.get_settings()`` on the first connect (modified in place).
+        :return: the settings :meth:`close` applies.
+        """
+        if found.synchronous_mode:
+            logger.warning(
+                "CARLA server at %s:%s was found in synchronous mode (fixed_delta_seconds=%s), left by a client that did "
+                "not restore it; close() will restore asynchronous mode with a variable time step instead",
+                self.config.host,
+                self.config.port,
+                found.fixed_delta_seconds,
+            )
+            found.synchronous_mode = False
+            found.fixed_delta_seconds = None
+        return found
+
+    def _restore_settings(self, client: Any = None, world: Any = None, fresh_client: bool = True) -> bool:
+        """Put back the original world settings and switch the Traffic Manager out of synchronous mode.
+
+        Tries ``client``/``world`` (the env's own when None) first, then, with ``fresh_client``, a new connection
+        (the old client may be gone after a time-out). Never raises: failures are logged.
+
+        :param client: the client to try first; None uses the env's current client (if any).
+        :param world: that client's world; None asks the client for it.
+        :param fresh_client: whether to connect anew when the first attempt fails or there is no client.
+        :return: True if the settings are restored (or were never changed).
+        """
+        if not self._settings_changed or self._original_settings is None:
+            return True
+        cfg = self.config
+        if client is None:
+            client, world = self._client, self._world
+        attempts = ([(client, world)] if client is not None else []) + ([(None, None)] if fresh_client else [])
+        for attempt_client, attempt_world in attempts:
+            try:
+                if attempt_client is None:
+                    attempt_client = self._backend.connect(cfg.host, cfg.port, cfg.timeout_s)
+                    logger.info("restoring CARLA world settings through a fresh client at %s:%s", cfg.host, cfg.port)
+                if attempt_world is None:
+                    attempt_world = attempt_client.get_world()
+                attempt_world.apply_settings(self._original_settings)
+            except (*CARLA_FAILURES, CarlaConnectionError) as e:
+                logger.warning("could not restore the CARLA world settings at %s:%s: %s", cfg.host, cfg.port, e)
+                continue
+            self._settings_changed = False
+            try:
+                attempt_client.get_trafficmanager(cfg.tm_port).set_synchronous_mode(False)
+            except CARLA_FAILURES as e:
+                logger.warning("could not switch Traffic Manager %s out of synchronous mode: %s", cfg.tm_port, e)
+            return True
+        return False
 
     def _disconnect(self) -> None:
-        """Destroy the episode's actors if the server still answers, then forget the connection."""
+        """Destroy the episode's actors and restore the world settings if the server still answers, then forget the
+        connection (settings that could not be restored are retried by :meth:`close` with a fresh client)."""
+        answering = True
         if self._actors is not None:
             try:
                 self._actors.destroy_all()
             except CARLA_FAILURES as e:
+                answering = False
                 logger.warning("could not destroy actors while disconnecting (they are swept on reconnect): %s", e)
+        if answering and self._client is not None:
+            self._restore_settings(fresh_client=False)
         self._client = self._world = self._map = self._planner = self._actors = None
         self._ego = None
         self._episode_over = True
@@ -389,18 +465,24 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return None if self._last_rgb is None else self._last_rgb.copy()
 
     def close(self) -> None:
-        """Destroy every actor, restore the world settings found on connect and drop the client. Idempotent."""
-        world, traffic_manager_port = self._world, self.config.tm_port
-        client = self._client
+        """Destroy every actor, restore the world settings found on connect and drop the client. Idempotent.
+
+        The settings are restored through a fresh client when the env's own is gone (after a time-out); a server
+        found in synchronous mode left over by another client gets asynchronous mode back, not that leftover.
+        """
         try:
             if self._actors is not None:
                 self._actors.destroy_all()
-            if client is not None:
-                client.get_trafficmanager(traffic_manager_port).set_synchronous_mode(False)
-                if self._original_settings is not None:
-                    world.apply_settings(self._original_settings)
         except CARLA_FAILURES as e:
             logger.warning("CARLA server did not answer while closing the env: %s", e)
+        try:
+            if not self._restore_settings():
+                logger.warning(
+                    "CARLA server at %s:%s may be left in synchronous mode: no client could restore its settings",
+                    self.config.host,
+                    self.config.port,
+                )
         finally:
+            self._settings_changed = False
             self._client = self._world = self._map = self._planner = self._actors = None
             self._ego, self._episode_over = None, True

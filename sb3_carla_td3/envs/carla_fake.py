@@ -43,8 +43,9 @@ from sb3_carla_td3.envs.carla_fake_objects import (
     FakeSpawnActor,
     FakeTrafficManager,
     FakeVehicle,
-    _Fake,
+    _ServerBound,
 )
+from sb3_carla_td3.errors import CarlaConnectionError
 
 #: Vehicles spawned closer than this (metres) to another vehicle fail, as on a real server.
 SPAWN_CLEARANCE_M = 2.0
@@ -73,7 +74,7 @@ def timeout_error(host: str = "127.0.0.1", port: int = 2000, timeout_s: float = 
     )
 
 
-class FakeWorld(_Fake):
+class FakeWorld(_ServerBound):
     """Fake ``carla.World``: settings, ticks and actors live on the server; the map is a real ``carla.Map``."""
 
     carla_name = "World"
@@ -103,7 +104,7 @@ class FakeWorld(_Fake):
         return list(actors.values()) if actor_ids is None else [actors[i] for i in actor_ids if i in actors]
 
 
-class FakeClient(_Fake):
+class FakeClient(_ServerBound):
     """Fake ``carla.Client``: batch commands are applied by the server; ``do_tick`` ticks once afterwards."""
 
     carla_name = "Client"
@@ -181,6 +182,9 @@ class FakeCarlaServer:
         self.tm_synchronous: dict[int, bool] = {}
         self.tm_seeds: dict[int, int] = {}
         self.connections = 0
+        #: False between :meth:`kill` and :meth:`restart`.
+        self.alive = True
+        self._generation = 0
         self.loaded_worlds: list[str] = []
         self.samples: dict[type, Any] = {}  # one instance of every fake class handed out (for the API test)
         self._ids = itertools.count(100)
@@ -199,8 +203,31 @@ class FakeCarlaServer:
         :return: a new client.
         """
         self._maybe_fail("connect")
+        if not self.alive:
+            raise CarlaConnectionError(f"No CARLA server at {host}:{port}: connection refused (fake server killed).")
         self.connections += 1
         return FakeClient(self)
+
+    def kill(self) -> None:
+        """The server process dies: every call through an existing client, world, Traffic Manager or actor raises
+        libcarla's time-out, and :meth:`connect` raises :class:`~sb3_carla_td3.errors.CarlaConnectionError`."""
+        self.alive = False
+
+    def drop_connections(self) -> None:
+        """Every existing client loses its connection (its calls time out) while the server keeps running with its
+        world, settings and actors, as after a network hiccup; new connections work."""
+        self._generation += 1
+
+    def restart(self) -> None:
+        """A fresh server process on the same port: no actors, default world settings, no Traffic Manager state.
+        Clients of the previous process stay dead (their calls time out); new connections work."""
+        carla = import_carla()
+        self.alive = True
+        self._generation += 1
+        self.actors = {}
+        self.settings = carla.WorldSettings()
+        self.tm_synchronous = {}
+        self.tm_seeds = {}
 
     def fail_call(self, name: str, error: BaseException | None = None, times: int = 1) -> None:
         """Make the next ``times`` calls of ``name`` raise ``error`` (default: libcarla's time-out error).
@@ -285,7 +312,13 @@ class FakeCarlaServer:
         if pending:
             raise pending.pop(0)
 
+    def _check_connection(self, generation: int) -> None:
+        if not self.alive or generation != self._generation:
+            raise timeout_error()
+
     def _check_alive(self, actor: FakeActor, method: str) -> None:
+        if not self.alive:
+            raise timeout_error()
         if actor.id not in self.actors:
             raise RuntimeError(
                 f"trying to operate on a destroyed actor; an actor's function was called ({method}), "

@@ -29,6 +29,24 @@ class _Fake:
         server.samples.setdefault(type(self), self)
 
 
+class _ServerBound(_Fake):
+    """A fake tied to one connection: its public calls raise libcarla's time-out once its server died or restarted.
+
+    :meth:`~sb3_carla_td3.envs.carla_fake.FakeCarlaServer.kill` and
+    :meth:`~sb3_carla_td3.envs.carla_fake.FakeCarlaServer.restart` drive this.
+    """
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self._generation = server._generation
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_") and name != "carla_name":
+            server = object.__getattribute__(self, "_server")
+            server._check_connection(object.__getattribute__(self, "_generation"))
+        return object.__getattribute__(self, name)
+
+
 # ---------------------------------------------------------------- batch commands (built without a server)
 class FakeSpawnActor:
     """``carla.command.SpawnActor(blueprint, transform, parent_id=0)`` with ``then``."""
@@ -253,7 +271,7 @@ class FakeLaneInvasionEvent(_Fake):
         self.frame, self.crossed_lane_markings = frame, markings
 
 
-class FakeTrafficManager(_Fake):
+class FakeTrafficManager(_ServerBound):
     """Fake ``carla.TrafficManager``: records synchronous mode and seed per port on the server."""
 
     carla_name = "TrafficManager"
