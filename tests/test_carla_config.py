@@ -92,6 +92,10 @@ def test_from_dict_accepts_the_yaml_name_selector_only_for_carla() -> None:
         ({"seed": -1}, "seed"),
         ({"max_episode_steps": 0}, "max_episode_steps"),
         ({"stuck_seconds": 0}, "stuck_seconds"),
+        ({"settle_max_dropped_frames": -1}, r"settle_max_dropped_frames must be an integer in \[0, 100\]"),
+        ({"settle_max_dropped_frames": 101}, "settle_max_dropped_frames"),
+        ({"settle_max_dropped_frames": 1.5}, "settle_max_dropped_frames"),
+        ({"settle_max_dropped_frames": True}, "settle_max_dropped_frames"),
     ],
 )
 def test_out_of_range_value_raises_naming_field_and_value(kwargs: dict, fragment: str) -> None:

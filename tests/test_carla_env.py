@@ -219,6 +219,36 @@ def test_timeout_during_reset_raises_connection_error_and_reconnects(server: Fak
     env.close()
 
 
+@pytest.mark.parametrize("inject", [lambda s: s.drop_camera_frames(1), lambda s: s.skip_camera_frame(1)])
+def test_a_lost_camera_frame_while_settling_is_tolerated(server: FakeCarlaServer, inject: Any) -> None:
+    env = make_env(server, settle_ticks=3)
+    inject(server)  # the first settle tick loses its camera frame
+    obs, _ = env.reset()
+    assert env.last_image_frame == server.frame and obs["image"][-1].any()
+    assert server.connections == 1
+    env.close()
+
+
+def test_a_frame_lost_on_the_last_settle_tick_takes_one_more_tick(server: FakeCarlaServer) -> None:
+    env = make_env(server, settle_ticks=1)
+    frame_before = server.frame
+    server.drop_camera_frames(1)
+    env.reset()
+    assert server.frame == frame_before + 2 and env.last_image_frame == server.frame
+    env.close()
+
+
+@pytest.mark.parametrize(("allowed", "dropped"), [(0, 1), (2, 3)])
+def test_more_lost_settle_frames_than_allowed_fail_the_reset(server: FakeCarlaServer, allowed: int, dropped: int) -> None:
+    env = make_env(server, settle_ticks=5, settle_max_dropped_frames=allowed, timeout_s=0.05)
+    server.drop_camera_frames(dropped)
+    with pytest.raises(CarlaConnectionError, match="camera sent no data"):
+        env.reset()
+    assert server.actors == {}
+    env.reset()  # the next reset reconnects and works
+    env.close()
+
+
 # ---------------------------------------------------------------- spaces and observations
 @pytest.mark.parametrize("render_mode", [None, "rgb_array"])
 def test_gymnasium_check_env_passes(server: FakeCarlaServer, render_mode: str | None) -> None:

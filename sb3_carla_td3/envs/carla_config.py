@@ -199,6 +199,13 @@ class CarlaConfig:
     max_lateral_deviation_m: float = field(default=3.0, metadata=_help("distance from the route that terminates in metres"))
     route_end_tolerance_m: float = field(default=2.0, metadata=_help("remaining arc length that counts as completed, metres"))
     settle_ticks: int = field(default=10, metadata=_help("ticks after spawning before the first observation, 1 to 1000"))
+    settle_max_dropped_frames: int = field(
+        default=2,
+        metadata=_help(
+            "camera frames that may be missing or skipped during a reset's settle ticks (each waits up to timeout_s) "
+            "before the reset fails, 0 to 100"
+        ),
+    )
     reward: RewardConfig = field(default_factory=RewardConfig, metadata=_help("reward weights and penalties"))
     seed: int | None = field(default=0, metadata=_help("seed of the first reset and the Traffic Manager; None = random"))
 
@@ -246,6 +253,7 @@ class CarlaConfig:
             "route_end_tolerance_m", self.route_end_tolerance_m, 0.0, 100.0, low_open=True
         )
         self.settle_ticks = _check_int("settle_ticks", self.settle_ticks, 1, 1000)
+        self.settle_max_dropped_frames = _check_int("settle_max_dropped_frames", self.settle_max_dropped_frames, 0, 100)
         if self.seed is not None:
             self.seed = _check_int("seed", self.seed, 0, 2**32 - 1)
 

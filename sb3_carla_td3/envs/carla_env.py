@@ -30,7 +30,14 @@ from sb3_carla_td3.envs.carla_episode import (
     random_route,
     sensor_specs,
 )
-from sb3_carla_td3.envs.carla_sensors import FrameStack, SensorReadings, SensorSuite, preprocess_image
+from sb3_carla_td3.envs.carla_sensors import (
+    FrameStack,
+    SensorFrameError,
+    SensorReadings,
+    SensorSuite,
+    SensorTimeoutError,
+    preprocess_image,
+)
 from sb3_carla_td3.envs.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
 from sb3_carla_td3.envs.routes import Route, RoutePlanner, load_waypoint_file, wrap_angle
 from sb3_carla_td3.errors import CarlaConnectionError
@@ -84,7 +91,8 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     ## Starting State
     The ego spawns at the route start, pointing along the route, and the world ticks ``settle_ticks`` times with
-    the brake on before the first observation. Routes are fixed (``route.start_xy``/``end_xy`` or
+    the brake on before the first observation (up to ``settle_max_dropped_frames`` camera frames lost while settling
+    are tolerated). Routes are fixed (``route.start_xy``/``end_xy`` or
     ``route.waypoint_file``) or drawn per reset from the map's spawn points with ``self.np_random``. NPCs spawn at
     random spawn points more than ``npc_exclusion_radius_m`` from the ego.
 
@@ -312,8 +320,7 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         npcs = choose_npcs(self._spawn_points, self._npc_blueprints, cfg, route.points[0], self.np_random)
         npc_spawned = self._actors.spawn_npcs(*npcs)
         ego.apply_control(self._carla.VehicleControl(throttle=0.0, steer=0.0, brake=1.0))
-        for _ in range(cfg.settle_ticks):  # let the car drop onto the road; events while settling are dropped
-            readings = self._sensors.collect(self._world.tick(cfg.timeout_s), cfg.timeout_s)
+        readings = self._settle()
         self._ego, self._route = ego, route
         x, y, yaw, speed = self._measure()
         projection = route.project(x, y, s_hint_m=0.0, window_m=PROJECTION_WINDOW_M)
@@ -325,6 +332,37 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._episode_over = False
         info = {"reason": None, "route_length_m": route.length_m, "route_attempts": attempts, "npc_spawned": npc_spawned}
         return {k: v.copy() for k, v in obs.items()}, info
+
+    def _settle(self) -> SensorReadings:
+        """Tick ``settle_ticks`` times with the brake on (the car drops onto the road; events are discarded).
+
+        A camera frame that is missing or skipped on a settle tick is tolerated up to ``settle_max_dropped_frames``
+        times per reset; the first observation always comes from a tick whose frame arrived (one more tick is
+        taken if the last one's frame was lost).
+
+        :return: the readings of the last tick.
+        :raises SensorTimeoutError: (or :class:`SensorFrameError`) on one dropped frame more than allowed.
+        """
+        cfg = self.config
+        readings: SensorReadings | None = None
+        ticks = dropped = 0
+        while ticks < cfg.settle_ticks or readings is None:
+            frame = self._world.tick(cfg.timeout_s)
+            ticks += 1
+            try:
+                readings = self._sensors.collect(frame, cfg.timeout_s)
+            except (SensorTimeoutError, SensorFrameError) as e:
+                dropped += 1
+                if dropped > cfg.settle_max_dropped_frames:
+                    raise
+                readings = None
+                logger.warning(
+                    "camera frame lost while settling (%d of %d allowed per reset): %s",
+                    dropped,
+                    cfg.settle_max_dropped_frames,
+                    e,
+                )
+        return readings
 
     # ------------------------------------------------------------------ per-step helpers
     def _measure(self) -> tuple[float, float, float, float]:
