@@ -14,6 +14,20 @@ from typing import Any, ClassVar
 
 from sb3_carla_td3.errors import ConfigError
 
+#: Ports a CARLA server occupies from its RPC port N: N (RPC), N + 1 (streaming) and N + 2 (secondary servers,
+#: ``SecondaryPort = Value + 2`` in CARLA's settings). Servers on one host must start at least this far apart.
+SERVER_PORT_SPAN = 3
+
+
+def server_ports(port: int) -> tuple[int, ...]:
+    """The ports a CARLA server started with ``-carla-rpc-port=port`` uses.
+
+    :param port: its RPC port.
+    :return: ``(port, port + 1, port + 2)``: RPC, streaming and secondary-server ports.
+    """
+    return tuple(port + k for k in range(SERVER_PORT_SPAN))
+
+
 #: Number of NPC vehicles of each traffic scenario (the original study's scenarios 0, 1 and 2).
 SCENARIO_NPC_VEHICLES: dict[int, int] = {0: 20, 1: 50, 2: 100}
 
@@ -178,7 +192,7 @@ class CarlaConfig:
     :meth:`from_dict`, or from the YAML ``env:`` section."""
 
     host: str = field(default="localhost", metadata=_help("CARLA server host name or IP"))
-    port: int = field(default=2000, metadata=_help("CARLA RPC port (the server also uses port + 1), 1 to 65534"))
+    port: int = field(default=2000, metadata=_help("CARLA RPC port (the server also uses port + 1 and port + 2), 1 to 65533"))
     tm_port: int = field(default=8000, metadata=_help("Traffic Manager port, unique per client on a machine, 1 to 65535"))
     timeout_s: float = field(default=10.0, metadata=_help("RPC, tick and sensor timeout in seconds, (0, 600]"))
     town: str = field(default="Town01", metadata=_help("map to load if the server has another one, e.g. Town01"))
@@ -218,12 +232,13 @@ class CarlaConfig:
         :raises ConfigError: naming the first invalid field, its value and the accepted range.
         """
         self.host = _check_str("host", self.host)
-        self.port = _check_int("port", self.port, 1, 65534)
+        self.port = _check_int("port", self.port, 1, 65535 - SERVER_PORT_SPAN + 1)
         self.tm_port = _check_int("tm_port", self.tm_port, 1, 65535)
-        if self.tm_port in (self.port, self.port + 1):
+        if self.tm_port in server_ports(self.port):
+            used = ", ".join(map(str, server_ports(self.port)))
             raise ConfigError(
-                f"tm_port must differ from port and port + 1 (the server's ports), got tm_port={self.tm_port}, "
-                f"port={self.port}"
+                f"tm_port must differ from the server's ports {used} (RPC port, streaming port + 1, secondary "
+                f"port + 2), got tm_port={self.tm_port}, port={self.port}"
             )
         self.timeout_s = _check_float("timeout_s", self.timeout_s, 0.0, 600.0, low_open=True)
         self.town = _check_str("town", self.town)

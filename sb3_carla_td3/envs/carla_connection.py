@@ -73,7 +73,7 @@ def server_start_hint(port: int) -> str:
     """
     return (
         f"Start a CARLA 0.9.16 server with `CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}` "
-        f"(it also uses port {port + 1}), or set host/port in the env config."
+        f"(it also uses ports {port + 1} and {port + 2}), or set host/port in the env config."
     )
 
 
