@@ -31,7 +31,7 @@ def make_env(name: str, config: Any = None, render_mode: str | None = None, **ov
     """
     if name not in ENV_NAMES:
         raise ValueError(f"name must be one of {ENV_NAMES}, got {name!r}")
-    options_class = env_options_class(name)
+    options_class: Any = env_options_class(name)  # CarRacingConfig or CarlaConfig, both with from_dict
     if config is None:
         config = options_class()
     elif isinstance(config, dict):

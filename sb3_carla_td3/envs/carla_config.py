@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
 from sb3_carla_td3.errors import ConfigError
@@ -80,8 +80,8 @@ def _from_dict(cls: type, data: Any, path: str) -> Any:
             close = difflib.get_close_matches(str(key), list(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key {where!r} in {cls.__name__}{hint} Valid keys: {', '.join(sorted(known))}")
-        default = known[key].default_factory if known[key].default_factory is not MISSING else None
-        nested = default() if default is not None else None
+        factory = known[key].default_factory
+        nested = factory() if callable(factory) else None
         kwargs[key] = _from_dict(type(nested), value, where) if is_dataclass(nested) else value
     return cls(**kwargs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -50,7 +50,7 @@ PROJECTION_WINDOW_M = (10.0, 30.0)
 CARLA_FAILURES = (RuntimeError, TimeoutError)
 
 
-class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
     """
     ## Description
     Drive an ego vehicle along a route in the CARLA simulator (0.9.16) from a front camera. The server runs in
@@ -122,7 +122,8 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         (raises ``ImportError`` with the install command if it is missing). Tests pass a fake server.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
+    # Not a ClassVar: gymnasium declares metadata as an instance variable, and __init__ sets render_fps per config.
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 20}  # noqa: RUF012
 
     def __init__(
         self, config: CarlaConfig | None = None, render_mode: str | None = None, *, backend: CarlaBackend | None = None
@@ -148,7 +149,8 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 "vector": spaces.Box(-VECTOR_BOUND, VECTOR_BOUND, (3 + 2 * cfg.route.n_waypoints,), np.float32),
             }
         )
-        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self._action_box = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = self._action_box
         self._frames = FrameStack(cfg.frames, channels, cfg.image_size)
         self._sensors = SensorSuite()
 
@@ -294,16 +296,26 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._episode_over = True
 
     # ------------------------------------------------------------------ episode set-up
+    def _connected(self) -> tuple[ActorLifecycle, RoutePlanner]:
+        """The actor lifecycle and route planner of the current connection.
+
+        :raises CarlaConnectionError: if the env is not connected (after a failure that :meth:`reset` repairs).
+        """
+        if self._actors is None or self._planner is None:
+            raise CarlaConnectionError(f"not connected to the CARLA server at {self.config.host}:{self.config.port}")
+        return self._actors, self._planner
+
     def _spawn_ego(self) -> tuple[Route, Any, int]:
         """Choose the route and spawn the ego at its start; random routes retry on an occupied spot."""
+        actors, planner = self._connected()
         attempts = 1 if self._fixed_route is not None else self.config.route.max_attempts
         for attempt in range(1, attempts + 1):
             if self._fixed_route is not None:
                 route, z = self._fixed_route
             else:
-                route, z = random_route(self._map, self._planner, self._spawn_points, self.config.route, self.np_random)
+                route, z = random_route(self._map, planner, self._spawn_points, self.config.route, self.np_random)
             try:
-                ego = self._actors.spawn_ego(self.config.ego_blueprint, ego_transform(self._carla, route, z))
+                ego = actors.spawn_ego(self.config.ego_blueprint, ego_transform(self._carla, route, z))
             except CarlaSpawnError:
                 if attempt == attempts:
                     raise
@@ -316,9 +328,10 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._sensors.clear()
         route, ego, attempts = self._spawn_ego()
         callbacks = (self._sensors.on_image, self._sensors.on_collision, self._sensors.on_lane_invasion)
-        self._actors.spawn_sensors(ego.id, sensor_specs(self._carla, cfg.camera, callbacks))
+        actors, _ = self._connected()
+        actors.spawn_sensors(ego.id, sensor_specs(self._carla, cfg.camera, callbacks))
         npcs = choose_npcs(self._spawn_points, self._npc_blueprints, cfg, route.points[0], self.np_random)
-        npc_spawned = self._actors.spawn_npcs(*npcs)
+        npc_spawned = actors.spawn_npcs(*npcs)
         ego.apply_control(self._carla.VehicleControl(throttle=0.0, steer=0.0, brake=1.0))
         readings = self._settle()
         self._ego, self._route = ego, route
@@ -380,7 +393,7 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         message = f"{type(error).__name__}: {error}"
         logger.warning("CARLA step failed, truncating the episode and reconnecting on reset: %s", message)
         self._disconnect()
-        obs = {k: v.copy() for k, v in self._last_obs.items()}
+        obs = {k: v.copy() for k, v in (self._last_obs or {}).items()}
         info = {"reason": "carla_error", "carla_error": message, "reward_terms": dict.fromkeys(REWARD_TERMS, 0.0)}
         return obs, 0.0, False, True, info
 
@@ -431,8 +444,9 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         :raises ValueError: if the action has the wrong shape or is not finite.
         :raises RuntimeError: if called before :meth:`reset` or after the episode ended.
         """
-        action = check_action(action, self.action_space)
-        if self._episode_over:
+        action = check_action(action, self._action_box)
+        route = self._route
+        if self._episode_over or route is None:
             raise RuntimeError(f"{type(self).__name__}.step() needs a running episode: call reset() first")
         cfg = self.config
         steer, throttle_brake = float(action[0]), float(action[1])
@@ -446,12 +460,12 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             return self._abort_episode(e)
         self._steps += 1
         self._stuck_steps = self._stuck_steps + 1 if speed < cfg.stuck_speed_mps else 0
-        projection = self._route.project(x, y, s_hint_m=self._s_m, window_m=PROJECTION_WINDOW_M)
+        projection = route.project(x, y, s_hint_m=self._s_m, window_m=PROJECTION_WINDOW_M)
         progress_m, self._s_m = projection.s_m - self._s_m, projection.s_m
         heading_error = wrap_angle(yaw - projection.tangent_yaw_rad)
         collision, lane_invasion = bool(readings.collisions), bool(readings.lane_invasions)
         off_road = abs(projection.lateral_m) > cfg.max_lateral_deviation_m
-        remaining_m = self._route.length_m - projection.s_m
+        remaining_m = route.length_m - projection.s_m
         reason, terminated = end_reason(cfg, collision, off_road, remaining_m, self._steps, self._stuck_steps)
         target = projection.target_speed_mps
         inputs = RewardInputs(
@@ -470,7 +484,7 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         )
         terms = compute_reward_terms(inputs, cfg.reward)
         self._prev_action = action
-        vector = observation_vector(self._route, projection, (x, y, yaw, speed), cfg.route)
+        vector = observation_vector(route, projection, (x, y, yaw, speed), cfg.route)
         obs = {"image": self._frames.push(self._preprocess(readings)), "vector": vector}
         self._last_obs = obs
         self._episode_over = reason is not None
@@ -481,7 +495,7 @@ class CarlaEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "lateral_m": projection.lateral_m,
             "heading_error_rad": heading_error,
             "route_progress_m": projection.s_m,
-            "route_length_m": self._route.length_m,
+            "route_length_m": route.length_m,
             "collision": collision,
             "lane_invasion": lane_invasion,
             "sim_time_s": self._steps * cfg.fixed_delta_seconds,
