@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--strict", action="store_true", help="exit with status 1 when the verdict is FAIL")
     _add_run_flags(train)
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model")
-    evaluate.add_argument("model", type=Path, help="model .zip (its run's config.yaml is used for the env)")
+    evaluate.add_argument(
+        "model", type=Path, help="model .zip, or a run directory (its newest checkpoint); its run's config.yaml gives the env"
+    )
     evaluate.add_argument("--episodes", type=int, default=5)
     evaluate.add_argument("--config", type=Path, help="config YAML for the env (default: config.yaml next to the run)")
     report = commands.add_parser("report", help="print a run's report and redraw its plots")
@@ -128,15 +130,39 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sb3_carla_td3.td3_cnn import TD3CNN
     from sb3_carla_td3.validation.runner import CONFIG_FILE, make_vec_env
 
-    config_path = args.config or _find_upwards(args.model.parent, CONFIG_FILE)
+    model_path = _model_file(args.model)
+    config_path = args.config or _find_upwards(model_path.parent, CONFIG_FILE)
     config = load_config(config_path)
     env = make_vec_env(config, config.run.seed + 2000)
-    model = TD3CNN.load(args.model, env=env, device="cpu")
+    model = TD3CNN.load(model_path, env=env, device="cpu")
     returns, lengths = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
     print(f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f}, length {sum(lengths) / len(lengths):.1f}")
     return 0
+
+
+def _model_file(path: Path) -> Path:
+    """The model .zip that ``evaluate`` was given: a .zip file, the same without its suffix, or a run directory
+    (its newest checkpoint).
+    """
+    from sb3_carla_td3.validation.checkpoints import latest_checkpoint
+    from sb3_carla_td3.validation.runner import CHECKPOINTS
+
+    if path.is_dir():
+        record = latest_checkpoint(path / CHECKPOINTS) or latest_checkpoint(path)
+        if record is None:
+            raise ConfigError(f"{path} is a directory without a checkpoint ({CHECKPOINTS}/latest.json): pass a model .zip")
+        return Path(record["model"])
+    if path.is_file():
+        return path
+    with_suffix = path.with_name(path.name + ".zip")
+    if path.suffix != ".zip" and with_suffix.is_file():
+        return with_suffix
+    raise ConfigError(
+        f"model file {str(path)!r} does not exist: pass a .zip written by model.save() or a checkpoint, "
+        "or a run directory (its newest checkpoint is evaluated)"
+    )
 
 
 def _find_upwards(start: Path, name: str) -> Path:

@@ -540,6 +540,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    if not data:
+        raise ConfigError(
+            f"{path}: the config is empty; it needs at least one of the sections {', '.join(['env', *SECTIONS])} "
+            "(start from configs/phase1_validation.yaml: an empty file would train the library defaults, hours on a CPU)"
+        )
     source = str(path) + "".join(f" --set {o}" for o in overrides)
     config = config_from_dict(apply_overrides(data, overrides), source=source)
     route = getattr(config.env.options, "route", None)

@@ -38,7 +38,8 @@ def default_frames(observation_space: spaces.Space, image_key: str = "image") ->
 class CnnPolicy(TD3Policy):
     """TD3 policy for image (Box) observations; see :class:`stable_baselines3.td3.policies.TD3Policy` for the arguments.
 
-    Only the defaults differ: ``features_extractor_class=CnnGruExtractor`` (pooled NatureCNN + GRU-48, the frame
+    A non-image observation is refused (SB3's TD3 says "You should use NatureCNN only with images"); use
+    ``MlpPolicy``. Only the defaults differ: ``features_extractor_class=CnnGruExtractor`` (pooled NatureCNN + GRU-48, the frame
     count guessed by :func:`default_frames`) and ``net_arch=[256, 256]`` (SB3 would give a custom extractor
     [400, 300]). ``share_features_extractor=True`` is refused: it lets the actor loss alone train the encoder.
     """
@@ -60,7 +61,12 @@ class CnnPolicy(TD3Policy):
                 "with the actor loss only. Use TD3CNN(..., encoder='shared') for one critic-trained encoder."
             )
         if features_extractor_class is None:
-            features_extractor_class = CnnGruExtractor if _has_image(observation_space) else FlattenExtractor
+            if not _has_image(observation_space):
+                raise ValueError(
+                    f"{type(self).__name__} needs an image observation (a Box of shape (channels, height, width), or a "
+                    f"Dict holding one), got {observation_space}; use 'MlpPolicy' for vector observations"
+                )
+            features_extractor_class = CnnGruExtractor
         features_extractor_kwargs = dict(features_extractor_kwargs or {})
         if features_extractor_class is CnnGruExtractor:
             image_key = features_extractor_kwargs.get("image_key", "image")

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from sb3_carla_td3.augmentation import AUGMENTATIONS, shift_pair
 from sb3_carla_td3.buffers import DictFrameStackReplayBuffer, FrameStackReplayBuffer, detect_frame_stack
 from sb3_carla_td3.errors import NonFiniteGradientError
+from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.gradients import (
     CLIP_CHECKS,
     OptimizedParams,
@@ -39,6 +40,11 @@ from sb3_carla_td3.policies import (
 from sb3_carla_td3.saturation import SATURATED
 
 SelfTD3CNN = TypeVar("SelfTD3CNN", bound="TD3CNN")
+
+
+def _is_real(value: object) -> bool:
+    """:return: whether ``value`` is an int or float and not a bool (``True`` is no learning rate or clip limit)"""
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 
 NONFINITE_MODES = ("skip", "raise")
 ENCODER_MODES = ("separate", "shared")
@@ -150,7 +156,7 @@ class TD3CNN(TD3):
         _init_setup_model: bool = True,
     ) -> None:
         for name, limit in (("actor_grad_clip", actor_grad_clip), ("critic_grad_clip", critic_grad_clip)):
-            if limit is not None and not (isinstance(limit, (int, float)) and limit > 0 and np.isfinite(limit)):
+            if limit is not None and not (_is_real(limit) and limit > 0 and np.isfinite(limit)):
                 raise ValueError(f"{name} must be a positive finite float or None (no clipping), got {limit!r}")
         if clip_check not in CLIP_CHECKS:
             raise ValueError(f"clip_check must be one of {CLIP_CHECKS}, got {clip_check!r}")
@@ -164,18 +170,21 @@ class TD3CNN(TD3):
             if policy not in SHARED_POLICIES:
                 raise ValueError(f"encoder='shared' needs an image policy {sorted(SHARED_POLICIES)}, got {policy!r}")
             policy = SHARED_POLICIES[policy]
-        is_number = isinstance(preact_penalty, (int, float)) and not isinstance(preact_penalty, bool)
-        if not (is_number and np.isfinite(preact_penalty) and preact_penalty >= 0):
+        if not (_is_real(preact_penalty) and np.isfinite(preact_penalty) and preact_penalty >= 0):
             raise ValueError(f"preact_penalty must be a finite float >= 0 (0: off), got {preact_penalty!r}")
         if augment is not None and augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS} or None, got {augment!r}")
         if isinstance(augment_pad, bool) or not isinstance(augment_pad, int) or augment_pad < 1:
             raise ValueError(f"augment_pad must be an int >= 1 (pixels), got {augment_pad!r}")
-        for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr)):
-            if isinstance(lr, (int, float)) and not lr > 0:
-                raise ValueError(f"{name} must be a positive float, a schedule or None, got {lr!r}")
-        self.actor_lr = actor_lr
-        self.critic_lr = critic_lr
+        for name, lr in (("learning_rate", learning_rate), ("actor_lr", actor_lr), ("critic_lr", critic_lr)):
+            if (lr is None and name != "learning_rate") or callable(lr):
+                continue
+            if not (_is_real(lr) and lr > 0 and np.isfinite(lr)):
+                accepted = "a positive float or a schedule" + (" or None" if name != "learning_rate" else "")
+                raise ValueError(f"{name} must be {accepted} (a callable of the remaining progress), got {lr!r}")
+        learning_rate = float(learning_rate) if _is_real(learning_rate) else learning_rate  # NumPy floats: SB3 wants float
+        self.actor_lr = float(actor_lr) if _is_real(actor_lr) else actor_lr
+        self.critic_lr = float(critic_lr) if _is_real(critic_lr) else critic_lr
         self.actor_grad_clip = None if actor_grad_clip is None else float(actor_grad_clip)
         self.critic_grad_clip = None if critic_grad_clip is None else float(critic_grad_clip)
         self.clip_check = clip_check
@@ -222,6 +231,7 @@ class TD3CNN(TD3):
                 f"n_steps={self.n_steps} is not supported for Dict observations (SB3 has no n-step Dict replay "
                 f"buffer), got {self.observation_space}; pass n_steps=1"
             )
+        self._pass_frames_to_extractor()
         self._choose_replay_buffer()
         super()._setup_model()
         self._shared = isinstance(self.policy, SharedEncoderPolicy)
@@ -246,6 +256,26 @@ class TD3CNN(TD3):
 
             print(parameter_report(self))
 
+    def _pass_frames_to_extractor(self) -> None:
+        """Give the default encoder the frame count the env reports (VecFrameStack's ``n_stack`` or the env's
+        ``frame_stack``), so that the replay buffer and the encoder agree; raise when ``frames`` was set otherwise."""
+        stacked = detect_frame_stack(self.env) if self.env is not None else None
+        extractor_class = self.policy_kwargs.get("features_extractor_class")
+        if stacked is None or extractor_class not in (None, CnnGruExtractor) or not isinstance(self.policy_class, type):
+            return
+        if not issubclass(self.policy_class, CnnPolicy):
+            return
+        extractor_kwargs = dict(self.policy_kwargs.get("features_extractor_kwargs") or {})
+        frames = extractor_kwargs.get("frames")
+        if frames is not None and frames != stacked:
+            raise ValueError(
+                f"features_extractor_kwargs frames={frames}, but the env stacks {stacked} frames (VecFrameStack n_stack "
+                f"or the env's frame_stack); the encoder would split each observation into the wrong frames. Pass "
+                f"frames={stacked} or leave it unset"
+            )
+        extractor_kwargs["frames"] = stacked
+        self.policy_kwargs = {**self.policy_kwargs, "features_extractor_kwargs": extractor_kwargs}
+
     def _choose_replay_buffer(self) -> None:
         """Pick the frame-deduplicating buffer for frame-stacked image observations (unless a class was given)."""
         if self.replay_buffer_class is not None or self.replay_buffer_choice == "sb3" or self.optimize_memory_usage:
@@ -255,6 +285,12 @@ class TD3CNN(TD3):
             extractor_kwargs = self.policy_kwargs.get("features_extractor_kwargs", {})
             frames = extractor_kwargs.get("frames") or default_frames(self.observation_space)
         if frames is None or frames < 2:
+            if self.replay_buffer_choice == "frame_stack":
+                raise ValueError(
+                    f"replay_buffer='frame_stack' needs observations that stack >= 2 frames, but the env reports no "
+                    f"frame stack and the encoder reads {frames or 1} frame from {self.observation_space}; wrap the "
+                    "env in VecFrameStack, pass features_extractor_kwargs frames=N, or use replay_buffer='auto'"
+                )
             return
         if self.n_steps > 1:
             raise ValueError(

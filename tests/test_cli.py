@@ -60,6 +60,30 @@ def test_evaluate_command_runs_a_saved_model(tmp_path, capsys):
     model = next((out / "checkpoints").glob("model_*_steps.zip"))
     assert main(["evaluate", str(model), "--episodes", "1"]) == 0
     assert "1 episodes: return" in capsys.readouterr().out
+    assert main(["evaluate", str(model.with_suffix("")), "--episodes", "1"]) == 0  # SB3's own name, without .zip
+    assert main(["evaluate", str(out), "--episodes", "1"]) == 0  # a run directory: its newest checkpoint
+    assert "1 episodes: return" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["missing.zip", "missing"])
+def test_evaluate_names_a_missing_model_file(tmp_path, capsys, name):
+    (tmp_path / "config.yaml").write_text("run:\n  seed: 0\n")  # a config next to it must not hide the real problem
+    assert main(["evaluate", str(tmp_path / name)]) == 1
+    err = capsys.readouterr().err
+    assert f"model file '{tmp_path / name}' does not exist" in err and ".zip.zip" not in err and "config.yaml" not in err
+
+
+def test_evaluate_on_a_directory_without_checkpoints_says_so(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 1
+    assert "without a checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_empty_config_file_is_an_error_not_the_defaults(tmp_path, capsys, text):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    assert main(["train", "--config", str(empty)]) == 1
+    assert "the config is empty" in capsys.readouterr().err
 
 
 def test_bad_config_exits_1_with_a_clear_message(tmp_path, capsys):

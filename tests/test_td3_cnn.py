@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch as th
-from conftest import make_image_env, make_model
+from conftest import TINY_ENCODER, make_image_env, make_model
 
 from sb3_carla_td3 import GradientClipError, NonFiniteGradientError
 from sb3_carla_td3 import td3_cnn as td3_cnn_module
@@ -341,3 +341,47 @@ def test_n_steps_trains_with_sb3_n_step_buffer_on_vectors():
     model.learn(40)
     samples = model.replay_buffer.sample(8)
     assert samples.discounts is not None and float(samples.discounts.min()) < model.gamma  # some 2- or 3-step targets
+
+
+@pytest.mark.parametrize("policy", ["CnnPolicy", "MultiInputPolicy"])
+@pytest.mark.parametrize("encoder", ["separate", "shared"])
+def test_image_policies_refuse_a_vector_observation(policy, encoder):
+    kwargs = {"policy_kwargs": {"features_extractor_kwargs": {"cnn": "nature"}}}
+    with pytest.raises(ValueError, match=r"needs an image observation.*use 'MlpPolicy'"):
+        TD3CNN(policy, "Pendulum-v1", encoder=encoder, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"actor_lr": "1e-3"}, "actor_lr"),
+        ({"critic_lr": float("nan")}, "critic_lr"),
+        ({"learning_rate": "0.001"}, "learning_rate"),
+        ({"actor_grad_clip": True}, "actor_grad_clip"),
+        ({"critic_grad_clip": False}, "critic_grad_clip"),
+        ({"preact_penalty": True}, "preact_penalty"),
+    ],
+)
+def test_wrongly_typed_arguments_name_the_argument(image_env, kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        make_model(image_env, **kwargs)
+
+
+def test_schedules_and_numpy_floats_are_accepted(image_env):
+    model = make_model(image_env, actor_lr=lambda progress: 1e-3 * progress, critic_lr=np.float32(1e-3))
+    assert model.actor_lr_schedule(0.5) == pytest.approx(5e-4)
+
+
+def test_the_env_frame_stack_reaches_the_encoder():
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+
+    env = VecFrameStack(DummyVecEnv([lambda: make_image_env(channels=1)]), n_stack=3)
+    model = make_model(env)
+    assert model.replay_buffer.frames == 3 and model.critic.features_extractor.frames == 3
+    with pytest.raises(ValueError, match="frames=2, but the env stacks 3 frames"):
+        make_model(env, policy_kwargs={"features_extractor_kwargs": {**TINY_ENCODER, "frames": 2}})
+
+
+def test_frame_stack_buffer_on_a_single_frame_is_an_error_not_a_fallback():
+    with pytest.raises(ValueError, match="replay_buffer='frame_stack' needs observations that stack >= 2 frames"):
+        make_model(make_image_env(channels=3), replay_buffer="frame_stack")
