@@ -96,6 +96,9 @@ def test_from_dict_accepts_the_yaml_name_selector_only_for_carla() -> None:
         ({"settle_max_dropped_frames": 101}, "settle_max_dropped_frames"),
         ({"settle_max_dropped_frames": 1.5}, "settle_max_dropped_frames"),
         ({"settle_max_dropped_frames": True}, "settle_max_dropped_frames"),
+        ({"reconnect_attempts": 0}, r"reconnect_attempts must be an integer in \[1, 1000\]"),
+        ({"reconnect_delay_s": -1.0}, "reconnect_delay_s"),
+        ({"reconnect_max_delay_s": 0.5}, r"reconnect_max_delay_s must be >= reconnect_delay_s"),
     ],
 )
 def test_out_of_range_value_raises_naming_field_and_value(kwargs: dict, fragment: str) -> None:

@@ -19,6 +19,7 @@ pytest.importorskip("carla")
 
 from gymnasium.utils.env_checker import check_env
 
+from sb3_carla_td3.envs import carla_env as carla_env_module
 from sb3_carla_td3.envs.carla_actors import EGO_ROLE, NPC_ROLE
 from sb3_carla_td3.envs.carla_config import CarlaConfig
 from sb3_carla_td3.envs.carla_env import CarlaEnv
@@ -37,7 +38,8 @@ def server() -> FakeCarlaServer:
 
 
 def make_env(server: FakeCarlaServer, render_mode: str | None = None, **overrides: Any) -> CarlaEnv:
-    fields = {"town": "mini_town", "npc_vehicles": 4, "settle_ticks": 2, "timeout_s": 0.5, **overrides}
+    fields = {"town": "mini_town", "npc_vehicles": 4, "settle_ticks": 2, "timeout_s": 0.5, "reconnect_delay_s": 0.0}
+    fields.update(overrides)
     return CarlaEnv(CarlaConfig.from_dict(fields), render_mode=render_mode, backend=server.backend)
 
 
@@ -93,7 +95,7 @@ def test_settings_are_restored_through_a_fresh_client_when_the_old_one_is_gone(s
     env = straight_env(server)
     env.reset()
     server.drop_connections()  # the env's client times out from now on; the server keeps its synchronous mode
-    assert env.step(np.array([0.0, 0.5]))[4]["reason"] == "carla_error"
+    assert env.step(np.array([0.0, 0.5]))[4]["reason"] == "server_lost"
     assert server.settings.synchronous_mode
     env.close()
     assert server.connections == 2
@@ -209,7 +211,7 @@ def test_exception_during_reset_still_cleans_up(server: FakeCarlaServer, error: 
 
 
 def test_timeout_during_reset_raises_connection_error_and_reconnects(server: FakeCarlaServer) -> None:
-    env = make_env(server)
+    env = make_env(server, reconnect_attempts=1)
     server.fail_call("World.tick")  # during the settle ticks
     with pytest.raises(CarlaConnectionError, match="failed during reset"):
         env.reset()
@@ -240,12 +242,64 @@ def test_a_frame_lost_on_the_last_settle_tick_takes_one_more_tick(server: FakeCa
 
 @pytest.mark.parametrize(("allowed", "dropped"), [(0, 1), (2, 3)])
 def test_more_lost_settle_frames_than_allowed_fail_the_reset(server: FakeCarlaServer, allowed: int, dropped: int) -> None:
-    env = make_env(server, settle_ticks=5, settle_max_dropped_frames=allowed, timeout_s=0.05)
+    env = make_env(server, settle_ticks=5, settle_max_dropped_frames=allowed, timeout_s=0.05, reconnect_attempts=1)
     server.drop_camera_frames(dropped)
     with pytest.raises(CarlaConnectionError, match="camera sent no data"):
         env.reset()
     assert server.actors == {}
     env.reset()  # the next reset reconnects and works
+    env.close()
+
+
+# ---------------------------------------------------------------- server loss
+def test_server_lost_mid_episode_truncates_and_reset_reconnects(server: FakeCarlaServer) -> None:
+    env = straight_env(server)
+    env.reset()
+    server.kill()
+    obs, reward, terminated, truncated, info = env.step(np.array([0.0, 0.5]))  # no exception
+    assert (terminated, truncated, reward, info["reason"]) == (False, True, 0.0, "server_lost")
+    assert obs["image"].shape == env.observation_space["image"].shape
+    server.restart()
+    _, info = env.reset()
+    assert info["reset_attempts"] == 1 and server.connections == 2
+    assert server.settings.synchronous_mode and len(server.actors) == 1 + 3
+    assert not any(env.step(np.array([0.0, 0.5]))[2:4])
+    env.close()
+    assert server.actors == {} and not server.settings.synchronous_mode
+
+
+def test_reset_backs_off_until_the_server_is_back(server: FakeCarlaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+
+    def wait(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 2:
+            server.restart()  # the server is back after the second wait
+
+    monkeypatch.setattr(carla_env_module, "_sleep", wait)
+    env = straight_env(server, reconnect_attempts=5, reconnect_delay_s=1.0, reconnect_max_delay_s=30.0)
+    env.reset()
+    server.kill()
+    assert env.step(np.array([0.0, 0.5]))[4]["reason"] == "server_lost"
+    _, info = env.reset()
+    assert delays == [1.0, 2.0] and info["reset_attempts"] == 3
+    env.close()
+
+
+def test_reset_raises_connection_error_only_after_the_last_attempt(
+    server: FakeCarlaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(carla_env_module, "_sleep", delays.append)
+    env = straight_env(server, reconnect_attempts=5, reconnect_delay_s=1.0, reconnect_max_delay_s=3.0)
+    env.reset()
+    server.kill()
+    env.step(np.array([0.0, 0.5]))
+    with pytest.raises(CarlaConnectionError, match="gave up after 5 reset attempts"):
+        env.reset()
+    assert delays == [1.0, 2.0, 3.0, 3.0]  # doubling, capped; no wait after the last attempt
+    server.restart()
+    env.reset()  # still usable once the server is back
     env.close()
 
 

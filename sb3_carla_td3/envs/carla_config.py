@@ -220,6 +220,15 @@ class CarlaConfig:
             "before the reset fails, 0 to 100"
         ),
     )
+    reconnect_attempts: int = field(
+        default=5, metadata=_help("tries per reset to reach a lost server before CarlaConnectionError, 1 to 1000")
+    )
+    reconnect_delay_s: float = field(
+        default=1.0, metadata=_help("wait after the first failed reset try in seconds, doubling each try, 0 to 600")
+    )
+    reconnect_max_delay_s: float = field(
+        default=30.0, metadata=_help("longest wait between reset tries in seconds, >= reconnect_delay_s, up to 3600")
+    )
     reward: RewardConfig = field(default_factory=RewardConfig, metadata=_help("reward weights and penalties"))
     seed: int | None = field(default=0, metadata=_help("seed of the first reset and the Traffic Manager; None = random"))
 
@@ -269,6 +278,14 @@ class CarlaConfig:
         )
         self.settle_ticks = _check_int("settle_ticks", self.settle_ticks, 1, 1000)
         self.settle_max_dropped_frames = _check_int("settle_max_dropped_frames", self.settle_max_dropped_frames, 0, 100)
+        self.reconnect_attempts = _check_int("reconnect_attempts", self.reconnect_attempts, 1, 1000)
+        self.reconnect_delay_s = _check_float("reconnect_delay_s", self.reconnect_delay_s, 0.0, 600.0)
+        self.reconnect_max_delay_s = _check_float("reconnect_max_delay_s", self.reconnect_max_delay_s, 0.0, 3600.0)
+        if self.reconnect_max_delay_s < self.reconnect_delay_s:
+            raise ConfigError(
+                f"reconnect_max_delay_s must be >= reconnect_delay_s, got reconnect_max_delay_s="
+                f"{self.reconnect_max_delay_s!r}, reconnect_delay_s={self.reconnect_delay_s!r}"
+            )
         if self.seed is not None:
             self.seed = _check_int("seed", self.seed, 0, 2**32 - 1)
 

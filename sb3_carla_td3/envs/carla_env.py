@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import gymnasium as gym
@@ -48,6 +49,18 @@ logger = logging.getLogger(__name__)
 PROJECTION_WINDOW_M = (10.0, 30.0)
 #: Exceptions that mean "the server or its streams failed" (libcarla raises RuntimeError on RPC time-outs).
 CARLA_FAILURES = (RuntimeError, TimeoutError)
+#: Waits between reset attempts (a module attribute, so tests can record the backoff without sleeping).
+_sleep = time.sleep
+
+
+def reconnect_delay_s(config: CarlaConfig, attempt: int) -> float:
+    """Seconds to wait after failed reset attempt ``attempt`` (1-based) before the next one.
+
+    :param config: ``reconnect_delay_s`` (first wait) and ``reconnect_max_delay_s`` (cap); the wait doubles.
+    :param attempt: the attempt that just failed, >= 1.
+    :return: ``min(reconnect_delay_s * 2 ** (attempt - 1), reconnect_max_delay_s)``.
+    """
+    return float(min(config.reconnect_delay_s * 2.0 ** (attempt - 1), config.reconnect_max_delay_s))
 
 
 class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
@@ -102,8 +115,11 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
     ``route_end_tolerance_m`` of route left). Truncated: ``"max_steps"`` (``max_episode_steps`` steps),
     ``"stuck"`` (speed < ``stuck_speed_mps`` for ``stuck_seconds`` of simulated time; a termination instead, with
     ``reward.stuck_penalty`` subtracted, when that penalty is non-zero), ``"carla_error"``
-    (tick or sensor time-out; ``info["carla_error"]`` holds the message, the actors are destroyed and the next
-    :meth:`reset` reconnects). ``info`` only holds plain Python values, so it pickles through ``SubprocVecEnv``.
+    (tick or sensor time-out while the server still answers; ``info["carla_error"]`` holds the message, the actors
+    are destroyed and the next :meth:`reset` reconnects) and ``"server_lost"`` (the server died or hangs: the same,
+    but :meth:`reset` reconnects with backoff, ``reconnect_attempts`` tries ``reconnect_delay_s`` apart, doubling
+    up to ``reconnect_max_delay_s``, and raises ``CarlaConnectionError`` only after the last). ``info`` only holds
+    plain Python values, so it pickles through ``SubprocVecEnv``.
 
     ## Arguments
     ``CarlaEnv(config=None, render_mode=None, *, backend=None)``; see the parameters below. Construction probes
@@ -279,9 +295,12 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             return True
         return False
 
-    def _disconnect(self) -> None:
+    def _disconnect(self) -> bool:
         """Destroy the episode's actors and restore the world settings if the server still answers, then forget the
-        connection (settings that could not be restored are retried by :meth:`close` with a fresh client)."""
+        connection (settings that could not be restored are retried by :meth:`close` with a fresh client).
+
+        :return: whether the server answered (False: it died or hangs).
+        """
         answering = True
         if self._actors is not None:
             try:
@@ -294,6 +313,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._client = self._world = self._map = self._planner = self._actors = None
         self._ego = None
         self._episode_over = True
+        return answering
 
     # ------------------------------------------------------------------ episode set-up
     def _connected(self) -> tuple[ActorLifecycle, RoutePlanner]:
@@ -389,12 +409,21 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         return preprocess_image(readings.rgb, self.config.image_size, self.config.grayscale)
 
     def _abort_episode(self, error: BaseException) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Truncate after a tick or sensor failure; the next reset reconnects."""
+        """Truncate after a tick or sensor failure; the next reset reconnects.
+
+        The reason is ``"server_lost"`` when the server no longer answers (the actors could not be destroyed),
+        ``"carla_error"`` when it still does (a lost sensor frame, one slow tick).
+        """
         message = f"{type(error).__name__}: {error}"
-        logger.warning("CARLA step failed, truncating the episode and reconnecting on reset: %s", message)
-        self._disconnect()
+        answering = self._disconnect()
+        reason = "carla_error" if answering else "server_lost"
+        logger.warning(
+            "CARLA step failed (%s), truncating the episode and reconnecting on reset: %s",
+            "server still answers" if answering else f"server {self.config.host}:{self.config.port} lost",
+            message,
+        )
         obs = {k: v.copy() for k, v in (self._last_obs or {}).items()}
-        info = {"reason": "carla_error", "carla_error": message, "reward_terms": dict.fromkeys(REWARD_TERMS, 0.0)}
+        info = {"reason": reason, "carla_error": message, "reward_terms": dict.fromkeys(REWARD_TERMS, 0.0)}
         return obs, 0.0, False, True, info
 
     # ------------------------------------------------------------------ gymnasium API
@@ -405,8 +434,12 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
 
         :param seed: seeds ``self.np_random`` (route and NPC choice); the first reset uses ``config.seed`` if None.
         :param options: unused.
-        :return: the first observation and an info dict (``reason`` None, route length, NPCs spawned).
-        :raises CarlaConnectionError: if the server fails during the reset (all actors are destroyed first).
+        A lost server is reconnected with backoff: up to ``reconnect_attempts`` tries, waiting
+        ``reconnect_delay_s`` before the second and doubling up to ``reconnect_max_delay_s``.
+
+        :return: the first observation and an info dict (``reason`` None, route length, NPCs spawned,
+            ``reset_attempts``: tries this reset needed).
+        :raises CarlaConnectionError: if the server still fails on the last attempt (all actors are destroyed first).
         """
         if seed is None and not self._seeded:
             seed = self.config.seed
@@ -419,8 +452,38 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             except CARLA_FAILURES as e:
                 logger.warning("CARLA server failed while destroying the last episode's actors; reconnecting: %s", e)
                 self._disconnect()
-        if self._client is None:
-            self._connect()
+        cfg = self.config
+        for attempt in range(1, cfg.reconnect_attempts + 1):
+            try:
+                if self._client is None:
+                    self._connect()
+                obs, info = self._start_episode_or_clean_up()
+            except CarlaConnectionError as e:
+                if attempt == cfg.reconnect_attempts:
+                    if attempt == 1:
+                        raise
+                    raise CarlaConnectionError(f"{e} (gave up after {attempt} reset attempts)") from e
+                delay_s = reconnect_delay_s(cfg, attempt)
+                logger.warning(
+                    "reset attempt %d of %d failed (%s); reconnecting to %s:%s in %.1f s",
+                    attempt,
+                    cfg.reconnect_attempts,
+                    e,
+                    cfg.host,
+                    cfg.port,
+                    delay_s,
+                )
+                _sleep(delay_s)
+                continue
+            info["reset_attempts"] = attempt
+            return obs, info
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_episode_or_clean_up(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode; on any exception destroy what was spawned, and on a server failure disconnect.
+
+        :raises CarlaConnectionError: if the server failed (the next attempt reconnects).
+        """
         try:
             return self._start_episode()
         except BaseException as e:
