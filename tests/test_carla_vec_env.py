@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 
 from sb3_carla_td3.envs.carla_config import CarlaConfig
-from sb3_carla_td3.envs.carla_vec_env import carla_env_configs, make_carla_vec_env
+from sb3_carla_td3.envs.carla_vec_env import (
+    RestartingSubprocVecEnv,
+    TooManyWorkerRestartsError,
+    WorkerRestartLogger,
+    carla_env_configs,
+    make_carla_vec_env,
+)
 from sb3_carla_td3.errors import ConfigError
 
 XODR = Path(__file__).parent / "data" / "mini_town.xodr"
@@ -99,3 +110,102 @@ def test_subproc_vec_env_steps_with_fake_servers(monkeypatch: pytest.MonkeyPatch
     finally:
         venv.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2000.monitor.csv", "2003.monitor.csv"]
+
+
+# ---------------------------------------------------------------- crashed and hung workers
+class FlakyEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Counts its steps (obs = [episode, step]); at step ``fail_at`` it exits, hangs or raises, once per marker file
+    (every time when ``marker`` is None)."""
+
+    def __init__(self, mode: str = "ok", fail_at: int = 2, marker: str | None = None) -> None:
+        self.observation_space = spaces.Box(0.0, 1e6, (2,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.mode, self.fail_at, self.marker = mode, fail_at, marker
+        self.episode, self.t = 0, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return np.array([self.episode, 0], np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        if self.mode != "ok" and self.t == self.fail_at and not (self.marker and os.path.exists(self.marker)):
+            if self.marker:
+                Path(self.marker).touch()
+            if self.mode == "exit":
+                os._exit(3)  # as a segfault in libcarla would, without cleanup
+            if self.mode == "hang":
+                time.sleep(60)
+            raise ValueError("boom")
+        return np.array([self.episode, self.t], np.float32), 1.0, False, self.t >= 10, {"reason": None}
+
+
+needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method")
+
+
+def _flaky_venv(mode: str, marker: str | None, **kwargs: object) -> RestartingSubprocVecEnv:
+    fns = [lambda: FlakyEnv(), lambda: FlakyEnv(mode, 2, marker)]
+    return RestartingSubprocVecEnv(fns, start_method="fork", **kwargs)  # type: ignore[arg-type]
+
+
+@needs_fork
+@pytest.mark.parametrize(
+    ("mode", "fragment"), [("exit", "died (exit code 3"), ("hang", "hung"), ("raise", "ValueError: boom")]
+)
+def test_a_dead_hung_or_raising_worker_is_restarted_and_its_episode_truncated(
+    tmp_path: Path, mode: str, fragment: str
+) -> None:
+    venv = _flaky_venv(mode, str(tmp_path / "failed_once"), worker_timeout_s=1.0)
+    try:
+        venv.reset()
+        old_pid = venv.processes[1].pid
+        obs, rewards, dones, infos = venv.step(np.zeros((2, 1), np.float32))
+        np.testing.assert_array_equal(obs[:, 1], [1, 1])
+        obs, rewards, dones, infos = venv.step(np.zeros((2, 1), np.float32))  # worker 1 fails on its step 2
+        assert list(dones) == [False, True] and rewards[1] == 0.0
+        assert infos[1]["reason"] == "worker_restarted" and infos[1]["TimeLimit.truncated"]
+        assert fragment in infos[1]["worker_error"] and infos[1]["worker_restarts"] == 1
+        np.testing.assert_array_equal(infos[1]["terminal_observation"], [1, 1])  # the last observation seen
+        np.testing.assert_array_equal(obs, [[1, 2], [1, 0]])  # env 0 goes on; env 1 starts afresh
+        assert venv.processes[1].pid != old_pid
+        assert old_pid not in [p.pid for p in multiprocessing.active_children()]  # killed, not left running
+        obs, _, dones, _ = venv.step(np.zeros((2, 1), np.float32))
+        np.testing.assert_array_equal(obs, [[1, 3], [1, 1]])
+        assert venv.worker_restarts == 1
+    finally:
+        venv.close()
+    assert not any(p.is_alive() for p in venv.processes)
+
+
+@needs_fork
+def test_too_many_restarts_within_the_window_raise_with_the_last_error() -> None:
+    venv = _flaky_venv("exit", None, max_restarts=2, restart_window_s=60.0, worker_timeout_s=5.0)
+    try:
+        venv.reset()
+        for _ in range(2):  # fails at step 2 of every episode: restart 1, then restart 2
+            venv.step(np.zeros((2, 1), np.float32))
+            assert venv.step(np.zeros((2, 1), np.float32))[3][1]["reason"] == "worker_restarted"
+        venv.step(np.zeros((2, 1), np.float32))
+        with pytest.raises(
+            TooManyWorkerRestartsError, match=r"failed 3 times within 60 s .*max_worker_restarts=2.*exit code 3"
+        ):
+            venv.step(np.zeros((2, 1), np.float32))
+    finally:
+        venv.close()
+
+
+def test_make_carla_vec_env_restarts_workers_by_default_and_validates_settings() -> None:
+    with pytest.raises(ValueError, match="max_worker_restarts must be an integer >= 0, got -1"):
+        make_carla_vec_env([2000], max_worker_restarts=-1)
+    with pytest.raises(ValueError, match="worker_timeout_s must be None or a number of seconds > 0, got 0"):
+        make_carla_vec_env([2000], worker_timeout_s=0)
+
+
+def test_worker_restart_logger_records_the_running_count() -> None:
+    records: dict[str, float] = {}
+    callback = WorkerRestartLogger()
+    callback.model = SimpleNamespace(num_timesteps=0, logger=SimpleNamespace(record=records.__setitem__))  # type: ignore[assignment]
+    callback.locals = {"infos": [{"reason": None}, {"reason": "worker_restarted", "worker_restarts": 2}]}
+    callback.on_step()
+    assert records == {"env/worker_restarts": 2}

@@ -1,17 +1,38 @@
-"""Several CARLA servers, one env each, in a ``SubprocVecEnv``."""
+"""Several CARLA servers, one env each, in a ``SubprocVecEnv`` that survives crashed workers.
+
+A worker process that segfaults in libcarla (or hangs) would end the whole learner with ``EOFError`` in a plain
+``SubprocVecEnv`` (SB3 issue 1890). :class:`RestartingSubprocVecEnv` restarts such a worker, reports its env's
+episode as truncated (``info["reason"] == "worker_restarted"``) and raises only when workers fail more than
+``max_restarts`` times within ``restart_window_s``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
+import multiprocessing as mp
+import time
+import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import SubprocVecEnv
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper, VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env.subproc_vec_env import _stack_obs, _worker
 
 from sb3_carla_td3.envs.carla_config import SERVER_PORT_SPAN, CarlaConfig, server_ports
+
+logger = logging.getLogger(__name__)
 
 #: A server entry: a bare RPC port (on ``config.host``) or a ``"host:port"`` string.
 Endpoint = int | str
@@ -139,8 +160,16 @@ def make_carla_vec_env(
     config: CarlaConfig | None = None,
     monitor_dir: str | None = None,
     start_method: str | None = None,
+    restart_crashed_workers: bool = True,
+    max_worker_restarts: int = 5,
+    restart_window_s: float = 3600.0,
+    worker_timeout_s: float | None = 600.0,
 ) -> SubprocVecEnv:
     """A ``SubprocVecEnv`` with one CARLA env per server, each in its own process.
+
+    With ``restart_crashed_workers`` (the default) it is a :class:`RestartingSubprocVecEnv`: a worker process
+    that dies (a segfault in libcarla) or sends nothing for ``worker_timeout_s`` is restarted and its episode
+    reported as truncated with ``info["reason"] == "worker_restarted"``, so training goes on.
 
     Start the servers first, e.g. ``CarlaUE4.sh -RenderOffScreen -carla-rpc-port=2000`` and
     ``... -carla-rpc-port=2003`` (a server uses ports N, N + 1 and N + 2). Each env gets its own Traffic Manager
@@ -152,7 +181,260 @@ def make_carla_vec_env(
     :param monitor_dir: folder for ``Monitor`` CSV logs (episode return, length and end reason); None writes none.
     :param start_method: multiprocessing start method; None lets SB3 choose (``forkserver`` on Linux). Avoid
         ``fork`` once ``carla`` is imported in the parent (libcarla threads do not survive a fork).
+    :param restart_crashed_workers: restart dead or hung workers (else a plain ``SubprocVecEnv``).
+    :param max_worker_restarts: restarts allowed within ``restart_window_s``; one more failure raises, >= 0.
+    :param restart_window_s: the window in seconds, > 0.
+    :param worker_timeout_s: seconds a worker may take to answer one step or reset (a CARLA reset may reconnect
+        with backoff, so allow for that) before it counts as hung; None waits forever.
     :return: the vectorised env.
-    :raises ValueError: for invalid ports (see :func:`carla_env_configs`).
+    :raises ValueError: for invalid ports (see :func:`carla_env_configs`) or restart settings.
     """
-    return SubprocVecEnv(carla_env_fns(ports, config, monitor_dir), start_method=start_method)
+    env_fns = carla_env_fns(ports, config, monitor_dir)
+    if not restart_crashed_workers:
+        return SubprocVecEnv(env_fns, start_method=start_method)
+    return RestartingSubprocVecEnv(
+        env_fns,
+        start_method=start_method,
+        max_restarts=max_worker_restarts,
+        restart_window_s=restart_window_s,
+        worker_timeout_s=worker_timeout_s,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerError:
+    """An exception raised inside a worker process, sent to the parent before the worker exits.
+
+    :param message: exception type, message and traceback.
+    """
+
+    message: str
+
+
+def _guarded_worker(remote: Connection, parent_remote: Connection, env_fn_wrapper: CloudpickleWrapper) -> None:
+    """SB3's worker loop; an exception escaping it is sent to the parent (as :class:`WorkerError`) before exiting."""
+    try:
+        _worker(remote, parent_remote, env_fn_wrapper)
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            remote.send(WorkerError(f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        raise
+
+
+class WorkerLostError(RuntimeError):
+    """A worker process died, raised, or did not answer in time."""
+
+
+class TooManyWorkerRestartsError(RuntimeError):
+    """Workers failed more than ``max_restarts`` times within ``restart_window_s``."""
+
+
+class RestartingSubprocVecEnv(SubprocVecEnv):
+    """A ``SubprocVecEnv`` that restarts a worker process that dies, raises or hangs, instead of ending training.
+
+    The restarted worker's env is reset and its step reported as the end of a truncated episode: ``done`` True,
+    reward 0, ``info["reason"] == "worker_restarted"``, ``info["TimeLimit.truncated"]`` True,
+    ``info["terminal_observation"]`` the last observation the parent saw from that env, ``info["worker_error"]``
+    what happened and ``info["worker_restarts"]`` the running count (also :attr:`worker_restarts`; log it with
+    :class:`WorkerRestartLogger`).
+
+    :param env_fns: env factories, one per worker.
+    :param start_method: multiprocessing start method; None: ``forkserver`` where available, else ``spawn``.
+    :param max_restarts: restarts allowed within ``restart_window_s``; the next failure raises
+        :class:`TooManyWorkerRestartsError` with the worker's last error, >= 0.
+    :param restart_window_s: the window in seconds, > 0.
+    :param worker_timeout_s: seconds one step or reset may take before the worker counts as hung (it is killed
+        and restarted), > 0; None waits forever.
+    """
+
+    def __init__(
+        self,
+        env_fns: list[Callable[[], gym.Env]],
+        start_method: str | None = None,
+        max_restarts: int = 5,
+        restart_window_s: float = 3600.0,
+        worker_timeout_s: float | None = 600.0,
+    ) -> None:
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_worker_restarts must be an integer >= 0, got {max_restarts!r}")
+        if not isinstance(restart_window_s, (int, float)) or not restart_window_s > 0:
+            raise ValueError(f"restart_window_s must be a number of seconds > 0, got {restart_window_s!r}")
+        if worker_timeout_s is not None and (not isinstance(worker_timeout_s, (int, float)) or not worker_timeout_s > 0):
+            raise ValueError(f"worker_timeout_s must be None or a number of seconds > 0, got {worker_timeout_s!r}")
+        self.max_restarts, self.restart_window_s, self.worker_timeout_s = (
+            max_restarts,
+            float(restart_window_s),
+            worker_timeout_s,
+        )
+        #: Workers restarted so far.
+        self.worker_restarts = 0
+        self._restart_times: deque[float] = deque()
+        self._env_fns = list(env_fns)
+        self.waiting, self.closed = False, False
+        if start_method is None:
+            start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        self._ctx: Any = mp.get_context(start_method)  # a SpawnContext, ForkContext... (BaseContext lacks Process)
+        workers = [self._start_worker(k) for k in range(len(self._env_fns))]
+        self.remotes: list[Connection] = [remote for remote, _ in workers]
+        self.processes = [process for _, process in workers]
+        self._send_errors: dict[int, str] = {}
+        self.remotes[0].send(("get_spaces", None))
+        observation_space, action_space = self._receive(0)
+        self._last_obs: list[Any] = [None] * len(self._env_fns)
+        VecEnv.__init__(self, len(self._env_fns), observation_space, action_space)
+
+    # ------------------------------------------------------------ workers
+    def _start_worker(self, index: int) -> tuple[Connection, Any]:
+        remote, work_remote = self._ctx.Pipe()
+        args = (work_remote, remote, CloudpickleWrapper(self._env_fns[index]))
+        process = self._ctx.Process(target=_guarded_worker, args=args, daemon=True)
+        process.start()
+        work_remote.close()
+        return remote, process
+
+    def _send(self, index: int, message: tuple[str, Any]) -> None:
+        try:
+            self.remotes[index].send(message)
+        except (OSError, EOFError) as e:  # BrokenPipeError: the worker is already gone
+            self._send_errors[index] = f"worker {index} could not be sent {message[0]!r}: {type(e).__name__}: {e}"
+
+    def _receive(self, index: int) -> Any:
+        """The worker's answer.
+
+        :raises WorkerLostError: if it died, raised or sent nothing within ``worker_timeout_s``.
+        """
+        if index in self._send_errors:
+            raise WorkerLostError(self._send_errors.pop(index))
+        remote, process = self.remotes[index], self.processes[index]
+        try:
+            if self.worker_timeout_s is not None and not remote.poll(self.worker_timeout_s):
+                raise WorkerLostError(
+                    f"worker {index} (pid {process.pid}) sent nothing for {self.worker_timeout_s:.1f} s (hung)"
+                )
+            result = remote.recv()
+        except (EOFError, OSError) as e:
+            process.join(timeout=5.0)
+            raise WorkerLostError(
+                f"worker {index} (pid {process.pid}) died (exit code {process.exitcode}; {type(e).__name__})"
+            ) from e
+        if isinstance(result, WorkerError):
+            raise WorkerLostError(f"worker {index} (pid {process.pid}) raised {result.message}")
+        return result
+
+    def _restart(self, index: int, error: str) -> tuple[Any, dict[str, Any]]:
+        """Replace worker ``index`` with a fresh process and reset its env.
+
+        :return: the new env's first observation and reset info.
+        :raises TooManyWorkerRestartsError: when this restart exceeds ``max_restarts`` within the window.
+        """
+        while True:
+            now = time.monotonic()
+            self._restart_times.append(now)
+            while self._restart_times and now - self._restart_times[0] > self.restart_window_s:
+                self._restart_times.popleft()
+            if len(self._restart_times) > self.max_restarts:
+                raise TooManyWorkerRestartsError(
+                    f"workers failed {len(self._restart_times)} times within {self.restart_window_s:.0f} s (allowed: "
+                    f"max_worker_restarts={self.max_restarts}); last error: {error}"
+                )
+            self._stop_worker(index)
+            self.remotes[index], self.processes[index] = self._start_worker(index)
+            self.worker_restarts += 1
+            logger.warning("restarted worker %d (restart %d): %s", index, self.worker_restarts, error)
+            self._send(index, ("reset", (None, None)))
+            try:
+                obs, reset_info = self._receive(index)
+            except WorkerLostError as e:
+                error = str(e)
+                continue
+            self._last_obs[index] = obs
+            return obs, reset_info
+
+    def _stop_worker(self, index: int) -> None:
+        process = self.processes[index]
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=5.0)
+        with contextlib.suppress(OSError):
+            self.remotes[index].close()
+        self._send_errors.pop(index, None)
+
+    # ------------------------------------------------------------ VecEnv API
+    def step_async(self, actions: np.ndarray) -> None:
+        for index, action in enumerate(actions):
+            self._send(index, ("step", action))
+        self.waiting = True
+
+    def step_wait(self) -> VecEnvStepReturn:
+        results = []
+        for index in range(self.num_envs):
+            try:
+                results.append(self._receive(index))
+            except WorkerLostError as e:
+                last_obs = self._last_obs[index]
+                obs, reset_info = self._restart(index, str(e))
+                info = {
+                    "reason": "worker_restarted",
+                    "worker_error": str(e),
+                    "worker_restarts": self.worker_restarts,
+                    "TimeLimit.truncated": True,
+                    "terminal_observation": last_obs if last_obs is not None else obs,
+                }
+                results.append((obs, 0.0, True, info, reset_info))
+        self.waiting = False
+        obs, rewards, dones, infos, reset_infos = zip(*results, strict=True)
+        self.reset_infos, self._last_obs = list(reset_infos), list(obs)
+        return _stack_obs(obs, self.observation_space), np.stack(rewards), np.stack(dones), list(infos)
+
+    def reset(self) -> VecEnvObs:
+        for index in range(self.num_envs):
+            self._send(index, ("reset", (self._seeds[index], self._options[index])))
+        results = []
+        for index in range(self.num_envs):
+            try:
+                results.append(self._receive(index))
+            except WorkerLostError as e:
+                results.append(self._restart(index, str(e)))
+        obs, reset_infos = zip(*results, strict=True)
+        self.reset_infos, self._last_obs = list(reset_infos), list(obs)
+        self._reset_seeds()
+        self._reset_options()
+        return _stack_obs(obs, self.observation_space)
+
+    def close(self) -> None:
+        """Close every env; workers that do not answer within a few seconds are killed."""
+        if self.closed:
+            return
+        for index in range(self.num_envs):
+            if self.waiting:
+                with contextlib.suppress(WorkerLostError):
+                    self._receive(index)
+            self._send(index, ("close", None))
+        for process in self.processes:
+            process.join(timeout=10.0)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5.0)
+        for remote in self.remotes:
+            with contextlib.suppress(OSError):
+                remote.close()
+        self.waiting, self.closed = False, True
+
+
+class WorkerRestartLogger(BaseCallback):
+    """Records ``env/worker_restarts`` (the running count of :class:`RestartingSubprocVecEnv` restarts) in the SB3
+    logger whenever a step reports a restarted worker.
+
+    :param verbose: SB3 verbosity.
+    """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.worker_restarts = 0
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            if info.get("reason") == "worker_restarted":
+                self.worker_restarts = max(self.worker_restarts, int(info.get("worker_restarts", 0)))
+                self.logger.record("env/worker_restarts", self.worker_restarts)
+        return True
