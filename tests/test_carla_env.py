@@ -145,6 +145,16 @@ def test_other_town_is_loaded(server: FakeCarlaServer) -> None:
     assert server.loaded_worlds == ["Town01"]
 
 
+def test_loading_another_town_starts_from_default_settings_and_close_keeps_them(
+    server: FakeCarlaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.settings.synchronous_mode, server.settings.fixed_delta_seconds = True, 0.1
+    env = make_env(server, town="Town01")  # load_world(reset_settings=True), as in 0.9.16
+    assert "found in synchronous mode" not in caplog.text
+    env.close()
+    assert not server.settings.synchronous_mode and server.settings.fixed_delta_seconds is None
+
+
 # ---------------------------------------------------------------- sensor sync
 @pytest.mark.parametrize("delay_s", [0.0, 0.003])
 def test_sensor_frames_match_ticks(delay_s: float) -> None:

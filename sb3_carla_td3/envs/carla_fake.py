@@ -90,7 +90,7 @@ class FakeWorld(_ServerBound):
         self._server.settings = self._server._copy_settings(settings)
         return self._server.frame
 
-    def tick(self, seconds: float = 10.0) -> int:
+    def tick(self, seconds: float = 0.0) -> int:  # 0.9.16's default: 0.0 (no time-out); the env always passes one
         return self._server._tick()
 
     def get_blueprint_library(self) -> FakeBlueprintLibrary:
@@ -122,8 +122,10 @@ class FakeClient(_ServerBound):
         self._server._maybe_fail("Client.get_world")
         return FakeWorld(self._server)
 
-    def load_world(self, map_name: str) -> FakeWorld:
+    def load_world(self, map_name: str, reset_settings: bool = True, map_layers: Any = None) -> FakeWorld:
         self._server.loaded_worlds.append(map_name)
+        if reset_settings:  # as 0.9.16: the new world starts with default settings (asynchronous mode)
+            self._server.settings = import_carla().WorldSettings()
         return FakeWorld(self._server)
 
     def get_trafficmanager(self, port: int = 8000) -> FakeTrafficManager:
