@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import signal
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -209,3 +213,74 @@ def test_worker_restart_logger_records_the_running_count() -> None:
     callback.locals = {"infos": [{"reason": None}, {"reason": "worker_restarted", "worker_restarts": 2}]}
     callback.on_step()
     assert records == {"env/worker_restarts": 2}
+
+
+# ---------------------------------------------------------------- end to end: servers and a worker die
+class _StateReport(gym.Wrapper):
+    """Writes the fake server's live actors and synchronous mode to ``path`` after the env closed."""
+
+    def __init__(self, env: gym.Env, server: Any, path: Path) -> None:
+        super().__init__(env)
+        self._server, self._path = server, path
+
+    def close(self) -> None:
+        super().close()
+        state = {"actors": len(self._server.actors), "sync": bool(self._server.settings.synchronous_mode)}
+        self._path.write_text(json.dumps(state))
+
+
+def _faulty_carla_env(index: int, kill_at_ticks: tuple[int, ...], report_dir: Path) -> gym.Env:
+    from sb3_carla_td3.envs.carla_env import CarlaEnv
+    from sb3_carla_td3.envs.carla_fake import FakeCarlaServer
+
+    class DyingServer(FakeCarlaServer):
+        """Dies at the given tick counts and is back after two refused connection attempts."""
+
+        ticks, refused = 0, 0
+
+        def _tick(self) -> int:
+            self.ticks += 1
+            if self.ticks in kill_at_ticks:
+                self.kill()
+            return super()._tick()
+
+        def connect(self, host: str, port: int, timeout_s: float) -> Any:
+            if not self.alive:
+                self.refused += 1
+                if self.refused % 2 == 0:
+                    self.restart()
+            return super().connect(host, port, timeout_s)
+
+    server = DyingServer(XODR.read_text())
+    config = CarlaConfig(
+        town="mini_town", npc_vehicles=2, settle_ticks=1, max_episode_steps=40, reconnect_delay_s=0.0, seed=index
+    )
+    env = CarlaEnv(config, backend=server.backend)
+    return _StateReport(env, server, report_dir / f"env{index}_{os.getpid()}.json")
+
+
+@needs_fork
+def test_a_run_with_two_server_deaths_and_a_killed_worker_finishes_every_step(tmp_path: Path) -> None:
+    """1,000 vec-env steps over 2 fake-server CARLA envs: env 0's server dies twice, env 1's worker is SIGKILLed once.
+    Every step completes, the events show in the infos, and each env that closed left 0 actors and async mode."""
+    pytest.importorskip("carla")
+    fns = [partial(_faulty_carla_env, 0, (250, 700), tmp_path), partial(_faulty_carla_env, 1, (), tmp_path)]
+    venv = RestartingSubprocVecEnv(fns, start_method="fork", worker_timeout_s=60.0)
+    reasons: list[str] = []
+    steps = 0
+    try:
+        venv.reset()
+        for step in range(1000):
+            if step == 500:
+                os.kill(venv.processes[1].pid, signal.SIGKILL)  # a worker segfaulting in libcarla
+            _, _, dones, infos = venv.step(np.zeros((2, 2), np.float32))
+            reasons += [info["reason"] for info, done in zip(infos, dones, strict=True) if done]
+            steps += 1
+    finally:
+        venv.close()
+    assert steps == 1000
+    assert reasons.count("server_lost") == 2 and reasons.count("worker_restarted") == 1
+    assert venv.worker_restarts == 1
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("env*.json"))]
+    assert len(reports) == 2  # the killed worker never closed; its replacement did
+    assert all(r == {"actors": 0, "sync": False} for r in reports)
