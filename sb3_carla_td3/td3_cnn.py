@@ -365,15 +365,15 @@ class TD3CNN(TD3):
             current_q = self.critic(obs_input, replay_data.actions)
             critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
             q_stats = self._q_statistics(current_q, target_q)
-            # Critic norms are read right after the critic backward: the actor loss below deposits grads on qf0.
             critic_updates.append(self._optimizer_step(self._critic_params, critic_loss, self.critic_grad_clip, q_stats))
 
             if self._n_updates % self.policy_delay == 0:
-                # Separate: q1_forward re-encodes obs with the critic's own encoder, so critic heads only ever see
-                # critic features. Shared: actor and critic head read the critic-trained features, detached.
+                # Separate: the critic's own encoder encodes obs, so critic heads only ever see critic features.
+                # Shared: actor and critic head read the critic-trained features. Either way the features are
+                # detached and Q1 is differentiated w.r.t. the action only (see _policy_q).
                 actor_input = obs_input.detach() if self._shared else obs
                 policy_actions, preact = self._actor_forward(actor_input)
-                actor_q = self.critic.q1_forward(actor_input, policy_actions)
+                actor_q = self._policy_q(actor_input, policy_actions)
                 preact_sq = preact.pow(2).mean()
                 actor_loss = -actor_q.mean() + self.preact_penalty * preact_sq
                 # A tanh actor pinned at +-1 has ~0 gradient: the share of saturated entries makes that visible.
@@ -401,6 +401,24 @@ class TD3CNN(TD3):
         features = self.actor.extract_features(actor_input, self.actor.features_extractor)
         preact = self.actor.mu[:-1](features)
         return self.actor.mu[-1](preact), preact
+
+    def _policy_q(self, actor_input: Any, actions: th.Tensor) -> th.Tensor:
+        """Q1 of the actor's actions for the actor loss, with a gradient w.r.t. ``actions`` only.
+
+        The actor loss needs dQ/da, nothing else: the critic's features are computed under ``no_grad`` (separate mode:
+        its own encoder on the raw observation; shared mode: the detached features given) and its first Q head runs
+        on detached weights, so no graph is built through the critic encoder and no gradient reaches a critic
+        parameter. Same value and actor gradient as ``critic.q1_forward(actor_input, actions)``, at less cost.
+
+        :param actor_input: observations (separate mode) or detached encoder features (shared mode)
+        :param actions: the actor's actions, ``(batch, action_dim)``, with gradient
+        :return: ``(batch, 1)`` Q-values
+        """
+        with th.no_grad():
+            features = self.critic.extract_features(actor_input, self.critic.features_extractor)
+        q_head = self.critic.q_networks[0]
+        weights = {name: param.detach() for name, param in q_head.named_parameters()}
+        return th.func.functional_call(q_head, weights, (th.cat([features, actions], dim=1),))
 
     @staticmethod
     def _q_statistics(current_q: tuple[th.Tensor, ...], target_q: th.Tensor) -> dict[str, th.Tensor]:

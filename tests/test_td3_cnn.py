@@ -385,3 +385,39 @@ def test_the_env_frame_stack_reaches_the_encoder():
 def test_frame_stack_buffer_on_a_single_frame_is_an_error_not_a_fallback():
     with pytest.raises(ValueError, match="replay_buffer='frame_stack' needs observations that stack >= 2 frames"):
         make_model(make_image_env(channels=3), replay_buffer="frame_stack")
+
+
+@pytest.mark.parametrize("encoder", ["separate", "shared"])
+def test_actor_loss_leaves_every_critic_gradient_alone(encoder):
+    """The actor step needs dQ/da only: critic heads and encoder keep exactly the critic loss's gradients."""
+    model = make_model(encoder=encoder, learning_starts=1000)
+    model.learn(40)
+    model.policy_delay = 1
+    critic = [p for group in model.critic.optimizer.param_groups for p in group["params"]]
+    after_critic: list[th.Tensor | None] = []
+    unchanged: list[bool] = []
+    model.critic.optimizer.register_step_post_hook(
+        lambda opt, args, kwargs: after_critic.__setitem__(slice(None), [p.grad.clone() for p in critic])
+    )
+    model.actor.optimizer.register_step_pre_hook(  # after the actor backward
+        lambda opt, args, kwargs: unchanged.append(all(th.equal(g, p.grad) for g, p in zip(after_critic, critic, strict=True)))
+    )
+    model.train(gradient_steps=2, batch_size=8)
+    assert unchanged == [True, True]
+
+
+@pytest.mark.parametrize("encoder", ["separate", "shared"])
+def test_policy_q_matches_q1_forward_in_value_and_actor_gradient(encoder):
+    model = make_model(encoder=encoder, learning_starts=1000)
+    model.learn(40)
+    obs = model.replay_buffer.sample(8).observations
+    actor_input = model.policy.encode(obs).detach() if encoder == "shared" else obs
+    grads = []
+    for score in (model._policy_q, model.critic.q1_forward):
+        model.actor.optimizer.zero_grad(set_to_none=True)
+        actions, _ = model._actor_forward(actor_input)
+        q = score(actor_input, actions)
+        (-q.mean()).backward()
+        grads.append((q.detach(), [p.grad.clone() for p in model.actor.parameters()]))
+    assert th.equal(grads[0][0], grads[1][0])
+    assert all(th.allclose(a, b, rtol=0, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1], strict=True))
