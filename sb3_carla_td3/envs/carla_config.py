@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from sb3_carla_td3.errors import ConfigError
 
+#: Hosts a server started by ``server_command`` (on this machine) is reached on.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 #: Ports a CARLA server occupies from its RPC port N: N (RPC), N + 1 (streaming) and N + 2 (secondary servers,
 #: ``SecondaryPort = Value + 2`` in CARLA's settings). Servers on one host must start at least this far apart.
 SERVER_PORT_SPAN = 3
@@ -229,6 +231,20 @@ class CarlaConfig:
     reconnect_max_delay_s: float = field(
         default=30.0, metadata=_help("longest wait between reset tries in seconds, >= reconnect_delay_s, up to 3600")
     )
+    server_command: str | None = field(
+        default=None,
+        metadata=_help(
+            "command that starts a CARLA server, with {port} for the RPC port (e.g. 'CarlaUE4.sh -RenderOffScreen "
+            "-carla-rpc-port={port}'); the env starts it, restarts it after a crash and stops it on close; "
+            "None connects to a running server"
+        ),
+    )
+    server_start_timeout_s: float = field(
+        default=120.0, metadata=_help("longest wait for a started server's port in seconds, (0, 3600]")
+    )
+    server_log_dir: str = field(
+        default="carla_server_logs", metadata=_help("folder of the started server's log, carla_server_<port>.log")
+    )
     reward: RewardConfig = field(default_factory=RewardConfig, metadata=_help("reward weights and penalties"))
     seed: int | None = field(default=0, metadata=_help("seed of the first reset and the Traffic Manager; None = random"))
 
@@ -286,6 +302,21 @@ class CarlaConfig:
                 f"reconnect_max_delay_s must be >= reconnect_delay_s, got reconnect_max_delay_s="
                 f"{self.reconnect_max_delay_s!r}, reconnect_delay_s={self.reconnect_delay_s!r}"
             )
+        if self.server_command is not None:
+            self.server_command = _check_str("server_command", self.server_command)
+            if "{port}" not in self.server_command:
+                raise ConfigError(
+                    f"server_command must contain '{{port}}' where the RPC port goes, got {self.server_command!r}"
+                )
+            if self.host not in LOOPBACK_HOSTS:
+                raise ConfigError(
+                    f"server_command starts a server on this machine, so host must be one of {list(LOOPBACK_HOSTS)}, "
+                    f"got host={self.host!r}"
+                )
+        self.server_start_timeout_s = _check_float(
+            "server_start_timeout_s", self.server_start_timeout_s, 0.0, 3600.0, low_open=True
+        )
+        self.server_log_dir = _check_str("server_log_dir", self.server_log_dir)
         if self.seed is not None:
             self.seed = _check_int("seed", self.seed, 0, 2**32 - 1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -39,6 +40,7 @@ from sb3_carla_td3.envs.carla_sensors import (
     SensorTimeoutError,
     preprocess_image,
 )
+from sb3_carla_td3.envs.carla_server import CarlaServerSupervisor
 from sb3_carla_td3.envs.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
 from sb3_carla_td3.envs.routes import Route, RoutePlanner, load_waypoint_file, wrap_angle
 from sb3_carla_td3.errors import CarlaConnectionError
@@ -195,7 +197,24 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._seeded = False
         #: Frame id of the camera image in the newest observation slot (None before the first reset).
         self.last_image_frame: int | None = None
-        self._connect()
+        #: The server this env started (``config.server_command``), or None.
+        self.server: CarlaServerSupervisor | None = None
+        if cfg.server_command is not None:
+            self.server = CarlaServerSupervisor(
+                cfg.server_command,
+                cfg.port,
+                Path(cfg.server_log_dir) / f"carla_server_{cfg.port}.log",
+                host=cfg.host,
+                start_timeout_s=cfg.server_start_timeout_s,
+            )
+        try:
+            if self.server is not None:
+                self.server.start()
+            self._connect()
+        except BaseException:
+            if self.server is not None:
+                self.server.stop()
+            raise
 
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
@@ -455,6 +474,11 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         cfg = self.config
         for attempt in range(1, cfg.reconnect_attempts + 1):
             try:
+                if self._client is None and self.server is not None:
+                    if attempt > 1 and self.server.running:  # it runs but the last attempt failed: hung
+                        self.server.restart(f"reset attempt {attempt - 1} failed while it was running")
+                    else:
+                        self.server.ensure_running()
                 if self._client is None:
                     self._connect()
                 obs, info = self._start_episode_or_clean_up()
@@ -601,3 +625,5 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             self._settings_changed = False
             self._client = self._world = self._map = self._planner = self._actors = None
             self._ego, self._episode_over = None, True
+            if self.server is not None:
+                self.server.stop()
