@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -248,20 +249,26 @@ def sections_town(carla: Any) -> Any:
     return carla.Map("mini_town_sections", SECTIONS_XODR.read_text())
 
 
-def _assert_route_follows_lanes(town: Any, carla: Any, route: Route, resolution_m: float) -> None:
-    """Every route segment off junctions lies on a lane centre and points in that lane's driving direction."""
+def _assert_route_follows_lanes(town: Any, carla: Any, route: Route, resolution_m: float, merges: bool = False) -> None:
+    """Every route segment off junctions lies on a lane centre and points in that lane's driving direction.
+
+    With ``merges`` (a map where an added lane merges into its neighbour), a segment may lie up to a lane width off
+    a centre line and 35 degrees off its direction: the route changes lane at 30 degrees there.
+    """
+    off_centre_m, off_direction = (3.6, math.radians(35)) if merges else (0.5, math.radians(30))
     steps = np.linalg.norm(np.diff(route.points, axis=0), axis=1)
     assert steps.max() <= resolution_m + 1e-6
     for (x0, y0), (x1, y1) in zip(route.points[:-1], route.points[1:], strict=True):
         lane = town.get_waypoint(carla.Location(x=(x0 + x1) / 2, y=(y0 + y1) / 2, z=0.0))
         if lane.is_junction:
             continue
-        assert math.dist((lane.transform.location.x, lane.transform.location.y), ((x0 + x1) / 2, (y0 + y1) / 2)) < 0.5
+        lane_xy = (lane.transform.location.x, lane.transform.location.y)
+        assert math.dist(lane_xy, ((x0 + x1) / 2, (y0 + y1) / 2)) < off_centre_m
         heading_error = wrap_angle(math.atan2(y1 - y0, x1 - x0) - math.radians(lane.transform.rotation.yaw))
-        assert abs(heading_error) < math.radians(30), f"segment ({x0:.1f}, {y0:.1f}) -> ({x1:.1f}, {y1:.1f}) against its lane"
+        assert abs(heading_error) < off_direction, f"segment ({x0:.1f}, {y0:.1f}) -> ({x1:.1f}, {y1:.1f}) against its lane"
 
 
-def _assert_progress_monotone(route: Route, start: Any, step_m: float = 1.0) -> None:
+def _assert_progress_monotone(route: Route, start: Any, step_m: float = 1.0, max_lateral_m: float = 0.5) -> None:
     """Drive a point along the lanes from ``start`` (at each branch taking the successor that follows the route):
     its projected progress never falls back, it stays on the route and it reaches the route's end."""
     waypoint, s_prev = start, 0.0
@@ -275,7 +282,7 @@ def _assert_progress_monotone(route: Route, start: Any, step_m: float = 1.0) -> 
         best = int(np.argmin([min(math.dist(_xy_of(a), target) for a in w.next(5.0) or [w]) for w in candidates]))
         waypoint = candidates[best]
         projection = route.project(*_xy_of(waypoint), s_hint_m=s_prev)
-        assert abs(projection.lateral_m) < 0.5, f"left the route at s = {s_prev:.1f} m"
+        assert abs(projection.lateral_m) < max_lateral_m, f"left the route at s = {s_prev:.1f} m"
         assert projection.s_m >= s_prev - 1e-6, f"progress fell back from {s_prev:.2f} to {projection.s_m:.2f} m"
         s_prev = projection.s_m
     pytest.fail(f"progress stalled at {s_prev:.1f} m of {route.length_m:.1f} m")
@@ -317,6 +324,36 @@ def test_route_across_one_section_boundary_is_direct(sections_town: Any, carla: 
         assert (start.section_id, end.section_id) == (0, 1)
         route = planner.plan(start, end)
         assert route.length_m == pytest.approx(20.0, abs=0.1)
+
+
+@pytest.fixture(scope="module")
+def added_lane_town(carla: Any) -> Any:
+    """The mini town with road 2 in three lane sections, the middle one with an added right lane -2."""
+    spec = importlib.util.spec_from_file_location("make_mini_town", Path(__file__).parent / "data" / "make_mini_town.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return carla.Map("mini_town_added_lane", module.build_xodr({2: (10.0, 30.0)}, "mini_town_added_lane", {2: 1}))
+
+
+@pytest.mark.parametrize("resolution_m", [1.0, 2.0, 3.0])
+def test_a_lane_added_mid_road_is_planned_from_and_unreachable_as_the_topology_says(
+    added_lane_town: Any, carla: Any, resolution_m: float
+) -> None:
+    planner = RoutePlanner(added_lane_town, resolution_m)
+    added = [w for w in added_lane_town.generate_waypoints(2.0) if (w.road_id, w.lane_id) == (2, -2)]
+    assert added, "the fixture has no added lane"
+    start = added[len(added) // 2]
+    successors = _topology_successors(added_lane_town)
+    others = [w for w in _driving_waypoints(added_lane_town, carla) if w.lane_id != -2]
+    for end in others[::4]:
+        route = planner.plan(start, end)  # merges back into lane -1 and drives on
+        _assert_route_follows_lanes(added_lane_town, carla, route, resolution_m, merges=True)
+        _assert_progress_monotone(route, start, max_lateral_m=3.6)  # the merge steps one lane width sideways
+    # Nothing leads into the added lane (libcarla links no lane into it; only a lane change would): no route.
+    assert _bfs_hops(successors, _lane_key(others[0]), _lane_key(start)) is None
+    with pytest.raises(RouteNotFoundError):
+        planner.plan(others[0], start)
 
 
 # ---------------------------------------------------------------- CARLA's own Town01

@@ -27,6 +27,8 @@ from sb3_carla_td3.errors import ConfigError
 
 #: Topology end points closer than this (metres) are the same graph node.
 NODE_MERGE_DISTANCE_M = 0.5
+#: Steepest angle (rad) at which a route leaves a lane that merges sideways into its neighbour.
+MERGE_ANGLE_RAD = math.radians(30.0)
 
 
 class RouteNotFoundError(ValueError):
@@ -245,6 +247,13 @@ class _Edge:
     length_m: float
 
 
+def _along_and_across(vector: np.ndarray, direction: np.ndarray) -> tuple[float, float]:
+    """Components of ``vector`` along ``direction`` and (unsigned) across it."""
+    unit = direction / max(float(np.linalg.norm(direction)), 1e-12)
+    along = float(np.dot(vector, unit))
+    return along, abs(float(vector[0] * unit[1] - vector[1] * unit[0]))
+
+
 def _xy(waypoint: Any) -> tuple[float, float]:
     location = waypoint.transform.location
     return float(location.x), float(location.y)
@@ -319,6 +328,16 @@ class RoutePlanner:
         points = [_xy(w) for w in waypoints]
         exit_xy = _xy(exit_wp)
         if math.dist(points[-1], exit_xy) > 0.1:
+            # Where a lane merges into its neighbour (an added lane ends), the exit lies beside the last sample, not
+            # ahead of it: drop samples until the exit is at most MERGE_ANGLE off the lane, so the route changes
+            # lane over a few metres instead of stepping sideways.
+            direction = np.subtract(points[-1], points[-2]) if len(points) > 1 else None
+            while direction is not None and len(points) > 1:
+                ahead, lateral = _along_and_across(np.subtract(exit_xy, points[-1]), direction)
+                if ahead > 0 and lateral <= ahead * math.tan(MERGE_ANGLE_RAD):
+                    break
+                points.pop()
+                waypoints.pop()
             points.append(exit_xy)
             waypoints.append(exit_wp)
         arr = np.asarray(points)

@@ -109,11 +109,15 @@ def _two_way_road(
     pred: tuple[str, int, str | None],
     succ: tuple[str, int, str | None],
     splits: tuple[float, ...] = (),
+    added_lane_section: int | None = None,
 ) -> str:
     """A road with lanes 1 and -1; lane-level links only towards ordinary roads (junctions use their tables).
 
     :param splits: arc lengths (metres, increasing, inside the road) where a new lane section starts; the lanes
         of consecutive sections are linked to the lane with the same id.
+    :param added_lane_section: index of a lane section (not the last) that gets a second right lane, -2, which
+        starts there and merges into lane -1 of the next section (the lane count grows from 1 to 2 and back, as
+        in the larger towns). libcarla links nothing *into* such a lane: it is reached only by a lane change.
     """
     pred_lane = 1 if pred[0] == "road" else None
     succ_lane = 1 if succ[0] == "road" else None
@@ -123,7 +127,10 @@ def _two_way_road(
         first, last = k == 0, k == len(starts) - 1
         p = pred_lane if first else 1
         n = succ_lane if last else 1
-        sections.append((s, _lane(1, p, n, "solid"), _lane(-1, p and -1, n and -1, "solid")))
+        right = _lane(-1, p and -1, n and -1, "solid" if k != added_lane_section else "broken")
+        if k == added_lane_section:
+            right += "\n" + _lane(-2, -1, -1, "solid")
+        sections.append((s, _lane(1, p, n, "solid"), right))
     return _road(road_id, -1, start, pieces, _link("predecessor", *pred) + _link("successor", *succ), sections)
 
 
@@ -158,14 +165,20 @@ def _junction(junction_id: int, spec: dict) -> tuple[list[str], str]:
 SECTION_SPLITS: dict[int, tuple[float, ...]] = {1: (17.3, 61.15), 2: (20.5,), 4: (31.7,)}
 
 
-def build_xodr(splits: dict[int, tuple[float, ...]] | None = None, name: str = "mini_town") -> str:
+def build_xodr(
+    splits: dict[int, tuple[float, ...]] | None = None,
+    name: str = "mini_town",
+    added_lanes: dict[int, int] | None = None,
+) -> str:
     """Return the OpenDRIVE text of the mini town.
 
     :param splits: road id -> arc lengths in metres where that road starts a new lane section (same lanes,
         linked across the boundary); None or empty gives every road one lane section.
     :param name: the map name written in the header.
+    :param added_lanes: road id -> index of the lane section that gets an added right lane -2 (see
+        ``_two_way_road``); the road needs splits around it.
     """
-    splits = splits or {}
+    splits, added = splits or {}, added_lanes or {}
     quarter, right = R_LOOP * HALF_PI, -1 / R_LOOP
     roads = [
         _two_way_road(
@@ -175,6 +188,7 @@ def build_xodr(splits: dict[int, tuple[float, ...]] | None = None, name: str = "
             ("junction", 1000, None),
             ("road", 3, "start"),
             splits.get(1, ()),
+            added.get(1),
         ),
         _two_way_road(
             3,
@@ -183,8 +197,17 @@ def build_xodr(splits: dict[int, tuple[float, ...]] | None = None, name: str = "
             ("road", 1, "end"),
             ("junction", 1000, None),
             splits.get(3, ()),
+            added.get(3),
         ),
-        _two_way_road(2, (0, -10, -HALF_PI), [(40, 0)], ("junction", 1000, None), ("junction", 2000, None), splits.get(2, ())),
+        _two_way_road(
+            2,
+            (0, -10, -HALF_PI),
+            [(40, 0)],
+            ("junction", 1000, None),
+            ("junction", 2000, None),
+            splits.get(2, ()),
+            added.get(2),
+        ),
         _two_way_road(
             4,
             (10, -60, 0.0),
@@ -192,6 +215,7 @@ def build_xodr(splits: dict[int, tuple[float, ...]] | None = None, name: str = "
             ("junction", 2000, None),
             ("road", 5, "start"),
             splits.get(4, ()),
+            added.get(4),
         ),
         _two_way_road(
             5,
@@ -200,6 +224,7 @@ def build_xodr(splits: dict[int, tuple[float, ...]] | None = None, name: str = "
             ("road", 4, "end"),
             ("junction", 2000, None),
             splits.get(5, ()),
+            added.get(5),
         ),
     ]
     records = []
