@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -404,6 +405,16 @@ class EpisodeCollapseCallback(BaseCallback):
         return HealthVerdict(True, self.rolling, threshold, f"rolling mean length vs baseline {self.baseline:.4g} steps")
 
 
+#: Attributes of a check that wire it to one ``learn()`` call (BaseCallback's own, optimizer hooks), never saved.
+_WIRING = frozenset(
+    {"model", "n_calls", "num_timesteps", "verbose", "locals", "globals", "parent", "_recorder", "_optimizers", "_uses_stats"}
+)
+
+
+def _check_state(check: BaseCallback) -> dict[str, Any]:
+    return {key: value for key, value in vars(check).items() if key not in _WIRING}
+
+
 class TrainingHealthCallback(CallbackList):
     """All health checks in one callback for ``model.learn(callback=...)``, with a final :meth:`verdict`.
 
@@ -436,6 +447,33 @@ class TrainingHealthCallback(CallbackList):
         self.rewards = RewardTrendCallback() if rewards is None else rewards
         self.saturation = ActionSaturationCallback(**every) if saturation is None else saturation
         super().__init__([self.gradients, self.q_values, self.episodes, self.rewards, self.saturation])
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """What the checks have measured so far (alarms, peaks, baselines, windows), for a checkpoint.
+
+        A resumed run restores it with :meth:`load_state_dict`, so that its report judges the whole run, not only the
+        steps after the resume. Wiring that every ``learn()`` rebuilds (model, logger, optimizer hooks) is left out.
+
+        :return: one picklable dict per check, keyed by attribute name (``"gradients"``, ``"q_values"``, ...)
+        """
+        return {name: _check_state(check) for name, check in self._checks().items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        """Restore what :meth:`state_dict` returned (before ``learn()`` continues the run).
+
+        :param state: the saved state; checks missing from it keep their fresh state
+        """
+        for name, check in self._checks().items():
+            vars(check).update(state.get(name, {}))
+
+    def _checks(self) -> dict[str, BaseCallback]:
+        return {
+            "gradients": self.gradients,
+            "q_values": self.q_values,
+            "episodes": self.episodes,
+            "rewards": self.rewards,
+            "saturation": self.saturation,
+        }
 
     def verdict(self) -> dict[str, HealthVerdict]:
         """Judge every criterion on what was measured so far.

@@ -76,6 +76,25 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
     assert resumed.recorder.updates[0]["timestep"] <= 130  # history continued, not restarted
 
 
+def test_a_resumed_run_keeps_the_health_failures_of_its_first_part(tmp_path):
+    """Interrupted after a health alarm and resumed: the final verdict still holds the alarm, with its timestep."""
+    # The tiny config's actor saturates within ~80 updates; 5 saturated checks in a row raise the alarm.
+    config = tiny_config(run={"total_timesteps": 160, "checkpoint_freq": 100}, monitor={"saturation_patience": 5})
+    with pytest.warns(UserWarning, match="actor saturated"):
+        first = train(config, tmp_path, callbacks=[InterruptAt(130)])
+    failed_at = first.health.saturation.saturated_at_step
+    assert first.status == "interrupted" and failed_at is not None and failed_at < 130
+    assert first.health.verdict()["actor_saturation"].passed is False
+
+    resumed = train(None, tmp_path, resume=True)
+    assert resumed.status == "completed" and resumed.resumed_from == 130
+    verdict = resumed.health.verdict()["actor_saturation"]
+    assert verdict.passed is False and f"saturated from timestep {failed_at}" in verdict.detail
+    # The Q bound's reward scale is carried over, not rebuilt from the last 30 steps.
+    assert resumed.health.q_values.max_abs_reward >= first.health.q_values.max_abs_reward
+    assert resumed.health.episodes.baseline == first.health.episodes.baseline
+
+
 def test_resume_without_checkpoint_names_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tiny_config(), tmp_path, resume=True)

@@ -29,7 +29,12 @@ from sb3_carla_td3.config import RunConfig, load_config
 from sb3_carla_td3.envs import make_env
 from sb3_carla_td3.errors import ConfigError
 from sb3_carla_td3.td3_cnn import TD3CNN
-from sb3_carla_td3.validation.checkpoints import AtomicCheckpointCallback, latest_checkpoint, save_checkpoint
+from sb3_carla_td3.validation.checkpoints import (
+    AtomicCheckpointCallback,
+    latest_checkpoint,
+    load_health_state,
+    save_checkpoint,
+)
 from sb3_carla_td3.validation.evaluation import DrivingEvalCallback, evaluation_options, frames_per_step
 from sb3_carla_td3.validation.recorder import MetricsRecorder, load_history
 
@@ -207,10 +212,15 @@ def train(
     formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
     model.set_logger(configure(str(run_dir), formats))
     health = health_callback(config, checkpoint_dir)
+    saved_health = load_health_state(checkpoint) if checkpoint is not None else None
+    if saved_health is not None:  # the report judges the whole run: alarms raised before the resume stand
+        health.load_state_dict(saved_health)
     all_callbacks: list[BaseCallback] = [health, recorder, *callbacks]
     if config.run.checkpoint_freq:
         all_callbacks.append(
-            AtomicCheckpointCallback(config.run.checkpoint_freq, checkpoint_dir, config.run.save_replay_buffer)
+            AtomicCheckpointCallback(
+                config.run.checkpoint_freq, checkpoint_dir, config.run.save_replay_buffer, health.state_dict
+            )
         )
     if config.run.eval_freq:
         all_callbacks.append(evaluation_callback(config, run_dir, verbose))
@@ -230,7 +240,7 @@ def train(
             status = "stopped"
     except KeyboardInterrupt:
         status = "interrupted"
-        save_checkpoint(model, checkpoint_dir, config.run.save_replay_buffer)
+        save_checkpoint(model, checkpoint_dir, config.run.save_replay_buffer, health.state_dict())
     finally:
         recorder.save(run_dir / HISTORY_FILE)
         model.logger.close()
