@@ -1,4 +1,4 @@
-"""Command line: ``sb3-carla-td3 validate|train|evaluate|report`` (also ``python -m sb3_carla_td3``)."""
+"""Command line: ``sb3-carla-td3 validate|train|evaluate|report|tune|tune-report`` (also ``python -m sb3_carla_td3``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sb3_carla_td3.config import RunConfig, env_options_class, load_config
 from sb3_carla_td3.errors import CarlaConnectionError, ConfigError
@@ -93,6 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", type=Path, help="config YAML for the env (default: config.yaml next to the run)")
     report = commands.add_parser("report", help="print a run's report and redraw its plots")
     report.add_argument("run_dir", type=Path)
+    tune = commands.add_parser(
+        "tune",
+        help="hyperparameter search on Optuna; start the same command on many machines to share one study",
+        description="Run (or continue) an Optuna study until it holds --n-trials finished trials (docs/tuning.md).",
+    )
+    tune.add_argument("--config", type=Path, required=True, help="base run config YAML")
+    tune.add_argument("--space", type=Path, required=True, help="search-space YAML (params, budget, pruning, failures)")
+    tune.add_argument("--n-trials", type=int, required=True, help="finished trials the study must hold (all workers)")
+    tune.add_argument(
+        "--storage",
+        help="Optuna storage URL: journal:PATH, sqlite:///PATH, postgresql://USER@HOST:PORT/DB "
+        "(default: sqlite study.db in the study folder)",
+    )
+    tune.add_argument("--study-name", help="study name (default: tune-<config file stem>)")
+    tune.add_argument("--study-dir", type=Path, help="folder of the trial run directories (default: run.output_dir/NAME)")
+    tune.add_argument("--timeout", type=float, help="seconds after which this worker starts no new trial")
+    tune.add_argument("--seed", type=int, help="TPE sampler seed (give each worker its own; default: random)")
+    tune.add_argument("--report", action="store_true", help="write the study report (tune-report) at the end")
+    tune.add_argument("-v", "--verbose", action="count", default=0, help="print each trial (-vv: SB3's logs)")
+    tune_report = commands.add_parser("tune-report", help="a study's best trials, importances, pruned trials, plots")
+    tune_report.add_argument("study", type=Path, help="the study folder (holds study.json); the report is written there")
+    tune_report.add_argument("--storage", help="storage URL (default: from study.json)")
+    tune_report.add_argument("--study-name", help="study name (default: from study.json)")
     return parser
 
 
@@ -110,7 +134,8 @@ def _validate(args: argparse.Namespace) -> int:
         raise ConfigError("train needs --config FILE")
     config = _apply_overrides(load_config(args.config or _default_config(phase), args.overrides), args)
     run_dir = _run_dir(args, config, f"phase{phase}" if args.command == "validate" else "train")
-    runner = {1: phases.phase1, 2: phases.phase2, 3: phases.phase3}[phase]
+    runners: dict[int, Callable[..., PhaseReport]] = {1: phases.phase1, 2: phases.phase2, 3: phases.phase3}
+    runner = runners[phase]
     print(f"sb3-carla-td3: phase {phase} on {config.env.name}, {config.run.total_timesteps} steps -> {run_dir}")
     return _print_report(runner(config, run_dir, verbose=args.verbose), run_dir, args.strict)
 
@@ -135,7 +160,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = load_config(config_path)
     env = make_vec_env(config, config.run.seed + 2000)
     model = TD3CNN.load(model_path, env=env, device="cpu")
-    returns, lengths = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
+    outcome = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
+    returns, lengths = cast("tuple[list[float], list[int]]", outcome)
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
     print(f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f}, length {sum(lengths) / len(lengths):.1f}")
@@ -188,6 +214,32 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from sb3_carla_td3.tuning import tune, tune_report
+
+    result = tune(args.config, args.space, args.n_trials, storage=args.storage, study_name=args.study_name,
+                  study_dir=args.study_dir, timeout=args.timeout, seed=args.seed, verbose=args.verbose)  # fmt: skip
+    study = result.study
+    print(f"sb3-carla-td3: study {study.study_name}: {result.finished} of {args.n_trials} trials finished, "
+          f"{len(result.ran)} run here; storage {result.storage}; folder {result.study_dir}")  # fmt: skip
+    completed = [t for t in study.get_trials(deepcopy=False) if t.value is not None and t.state.name == "COMPLETE"]
+    if completed:
+        best = max(completed, key=lambda t: float(t.value or 0.0))
+        print(f"best: trial {best.number}, eval return {best.value:.4g}, params {best.params}")
+    if args.report:
+        print(f"report: {tune_report(result.study_dir, storage=args.storage)}")
+    return 0
+
+
+def _tune_report(args: argparse.Namespace) -> int:
+    from sb3_carla_td3.tuning import tune_report
+
+    path = tune_report(args.study, storage=args.storage, study_name=args.study_name)
+    print(path.read_text())
+    print(f"Report: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line.
 
@@ -201,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "tune":
+            return _tune(args)
+        if args.command == "tune-report":
+            return _tune_report(args)
         return _report(args)
     except (ConfigError, CarlaConnectionError, FileNotFoundError) as error:
         print(f"sb3-carla-td3: error: {error}", file=sys.stderr)
