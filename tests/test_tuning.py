@@ -345,3 +345,9 @@ def test_parser_documents_the_tune_flags():
     for flag in ("--config", "--space", "--n-trials", "--storage", "--study-name", "--timeout", "--seed", "--report"):
         assert flag in help_text
     assert "--storage" in choices["tune-report"].format_help()
+
+
+@pytest.mark.parametrize("space", sorted((REPO / "configs").glob("tune_*.yaml")), ids=lambda p: p.name)
+def test_shipped_space_files_load_against_the_docs_base_config(space):
+    loaded = load_space(space, load_config(REPO / "configs" / "carracing_vector.yaml"))
+    assert loaded.params and loaded.budget["total_timesteps"] % loaded.budget["eval_freq"] == 0
