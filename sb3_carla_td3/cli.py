@@ -217,8 +217,12 @@ def _report(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from sb3_carla_td3.tuning import tune, tune_report
 
-    result = tune(args.config, args.space, args.n_trials, storage=args.storage, study_name=args.study_name,
-                  study_dir=args.study_dir, timeout=args.timeout, seed=args.seed, verbose=args.verbose)  # fmt: skip
+    try:
+        result = tune(args.config, args.space, args.n_trials, storage=args.storage, study_name=args.study_name,
+                      study_dir=args.study_dir, timeout=args.timeout, seed=args.seed, verbose=args.verbose)  # fmt: skip
+    except RuntimeError as error:  # trials kept raising in this worker: say why, without a traceback
+        print(f"sb3-carla-td3: error: {error}", file=sys.stderr)
+        return EXIT_FAIL
     study = result.study
     print(f"sb3-carla-td3: study {study.study_name}: {result.finished} of {args.n_trials} trials finished, "
           f"{len(result.ran)} run here; storage {result.storage}; folder {result.study_dir}")  # fmt: skip

@@ -525,7 +525,12 @@ class HealthPruningCallback(BaseCallback):
         return True
 
     def _on_step(self) -> bool:
-        self._locate()
+        if self._health is None or self._evaluation is None:
+            self._locate()
+            missing = [name for name, found in (("TrainingHealthCallback", self._health), ("DrivingEvalCallback",
+                       self._evaluation)) if found is None]  # fmt: skip
+            if missing:
+                raise RuntimeError(f"HealthPruningCallback: no {' or '.join(missing)} among the callbacks of learn()")
         return self._judge()
 
     def _on_training_end(self) -> None:

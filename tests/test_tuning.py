@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,7 +29,15 @@ from optuna.trial import TrialState  # noqa: E402
 from sb3_carla_td3.cli import main  # noqa: E402
 from sb3_carla_td3.config import config_from_dict, load_config  # noqa: E402
 from sb3_carla_td3.errors import ConfigError  # noqa: E402
-from sb3_carla_td3.tuning import HEALTH_CHECKS, load_space, make_storage, space_from_dict, tune  # noqa: E402
+from sb3_carla_td3.tuning import (  # noqa: E402
+    HEALTH_CHECKS,
+    HealthPruningCallback,
+    health_failure,
+    load_space,
+    make_storage,
+    space_from_dict,
+    tune,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,15 +205,20 @@ def test_a_broken_trial_is_pruned_by_the_health_check_before_its_budget_ends(tmp
     assert summary["timesteps"] < 400 and summary["status"] == "stopped"  # stopped early: budget not spent
     assert "pruned at" in (run_dir / "report.md").read_text() and (run_dir / "config.yaml").is_file()
 
-    # The same command again continues the study (nothing left to do); other files are refused.
+    # The same command again continues the study: nothing left to do, or no time left; other files are refused.
     again = tune(config_from_dict(BASE, source="base.yaml"), space, n_trials=1, study_dir=tmp_path / "study")
     assert again.ran == [] and again.finished == 1
+    assert (
+        tune(config_from_dict(BASE, source="base.yaml"), space, n_trials=3, study_dir=tmp_path / "study", timeout=0).ran == []
+    )
     other = {**space, "params": {"td3.learning_rate": {"type": "categorical", "choices": [0.5]}}}
     with pytest.raises(ConfigError, match="was started with another space"):
         tune(config_from_dict(BASE, source="base.yaml"), other, n_trials=2, study_dir=tmp_path / "study")
 
     report = tmp_path / "study" / "report.md"
-    assert main(["tune-report", str(tmp_path / "study")]) == 0
+    base_file, space_file = study_files(tmp_path, space)  # the command line names the same study: tune-base
+    args = ["tune", "--config", str(base_file), "--space", str(space_file), "--n-trials", "1", "--report"]
+    assert main([*args, "--study-dir", str(tmp_path / "study")]) == 0
     text = report.read_text()
     assert "## Pruned trials" in text and f"| 0 | health | {attrs['prune_timestep']} |" in text
     assert "No trial completed yet." in text and not (tmp_path / "study" / "best_config.yaml").exists()
@@ -351,3 +365,35 @@ def test_parser_documents_the_tune_flags():
 def test_shipped_space_files_load_against_the_docs_base_config(space):
     loaded = load_space(space, load_config(REPO / "configs" / "carracing_vector.yaml"))
     assert loaded.params and loaded.budget["total_timesteps"] % loaded.budget["eval_freq"] == 0
+
+
+def test_median_pruner_stops_a_trial_below_the_median_but_never_at_its_last_evaluation():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    good = study.ask()
+    good.report(100.0, 50)
+    study.tell(good, 100.0)
+
+    for step, expect_pruned in ((100, False), (50, True)):
+        trial = study.ask()
+        callback = HealthPruningCallback(trial, checks=[], total_timesteps=100)
+        evaluations = SimpleNamespace(results=[{"timestep": step, "mean_return": -5.0}])
+        callback._health, callback._evaluation = object(), evaluations  # type: ignore[assignment]
+        assert callback._judge() is not expect_pruned
+        assert callback.reported == [(step, -5.0)] and trial.storage.get_trial(trial._trial_id).intermediate_values
+        if expect_pruned:
+            assert callback.pruned is not None and callback.pruned[:3] == ("median", "median", 50)
+            assert "below the median" in callback.pruned[3]
+        study.tell(trial, state=TrialState.PRUNED)
+
+
+def test_health_failure_names_the_first_failed_check_and_counts_nonfinite_updates():
+    from sb3_carla_td3.callbacks import TrainingHealthCallback
+
+    health = TrainingHealthCallback()
+    assert health_failure(health, {"nonfinite_skips": 0}, HEALTH_CHECKS) is None
+    assert health_failure(health, {"nonfinite_skips": 2}, HEALTH_CHECKS, max_nonfinite_skips=2) is None
+    check, _, reason = health_failure(health, {"nonfinite_skips": 3}, HEALTH_CHECKS, max_nonfinite_skips=2)
+    assert check == "nonfinite_updates" and "3 non-finite updates" in reason
+    health.episodes.collapsed_at_step, health.episodes.rolling, health.episodes.baseline = 120, 2.0, 40.0
+    assert health_failure(health, {}, ["q_bound", "episode_length"])[:2] == ("episode_length", 120)
+    assert health_failure(health, {}, ["q_bound"]) is None
