@@ -674,7 +674,8 @@ def fail_stale_trials(study: optuna.Study, failures: FailureSettings) -> list[in
         if now - last <= failures.grace:
             continue
         worker = trial.user_attrs.get("worker", "?")
-        reason = f"no heartbeat for {now - last:.0f} s (grace {failures.grace:g} s): worker {worker} died or hung"
+        silence = f"no heartbeat for {now - last:.0f} s (grace {failures.grace:g} s)"
+        reason = f"{silence}: worker {worker} died (killed, out of memory, machine lost)"
         try:
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
