@@ -397,3 +397,17 @@ def test_health_failure_names_the_first_failed_check_and_counts_nonfinite_update
     health.episodes.collapsed_at_step, health.episodes.rolling, health.episodes.baseline = 120, 2.0, 40.0
     assert health_failure(health, {}, ["q_bound", "episode_length"])[:2] == ("episode_length", 120)
     assert health_failure(health, {}, ["q_bound"]) is None
+
+
+def test_a_trial_started_past_n_trials_by_a_race_ends_at_once_without_training(tmp_path):
+    from sb3_carla_td3.tuning import _objective
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=1.0))  # the study already holds its n_trials=1
+    space = space_from_dict(SPACE, BASE)
+    ran: list[int] = []
+    objective = _objective(study, config_from_dict(BASE).to_dict(), space, tmp_path, 1, 0, ran)
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    surplus = study.get_trials()[-1]
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"] is True
+    assert ran == [] and not list(tmp_path.glob("trial_*"))
