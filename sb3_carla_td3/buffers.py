@@ -17,7 +17,7 @@ only with many very short episodes) is never sampled.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch as th
@@ -111,8 +111,8 @@ class _FrameStackBuffer:
     @property
     def nbytes(self) -> int:
         """Bytes held by all arrays of the buffer (frames, per-step vectors, per-transition arrays)."""
-        arrays = [self.frame_data, self.gid, self.hist, self.last_next_image, self.actions, self.rewards, self.dones]
-        arrays += [self.timeouts, *self.vector_data.values(), *self.last_next_vectors.values()]
+        arrays: list[np.ndarray] = [self.frame_data, self.gid, self.hist, self.last_next_image, self.actions]
+        arrays += [self.rewards, self.dones, self.timeouts, *self.vector_data.values(), *self.last_next_vectors.values()]
         return int(sum(a.nbytes for a in arrays))
 
     @property
@@ -223,8 +223,8 @@ class _FrameStackBuffer:
         batch_inds, env_indices = np.divmod(np.arange(upper * self.n_envs), self.n_envs)
         return self._sampleable(batch_inds, env_indices).reshape(upper, self.n_envs)
 
-    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples | DictReplayBufferSamples:
-        """Sample transitions uniformly among the sampleable ones.
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> Any:
+        """Sample transitions uniformly among the sampleable ones (typed Any: each subclass returns its base's type).
 
         :param batch_size: number of transitions
         :param env: VecNormalize whose statistics normalize observations and rewards, if any
@@ -319,7 +319,7 @@ class FrameStackReplayBuffer(_FrameStackBuffer, ReplayBuffer):
         """
         self._add_arrays(obs, next_obs, {}, {}, action, reward, done, infos)
 
-    def _get_samples(  # type: ignore[override]
+    def _get_samples(
         self, batch_inds: np.ndarray, env: VecNormalize | None = None, env_indices: np.ndarray | None = None
     ) -> ReplayBufferSamples:
         """Rebuild the given transitions.
@@ -330,7 +330,7 @@ class FrameStackReplayBuffer(_FrameStackBuffer, ReplayBuffer):
         :return: SB3's ``ReplayBufferSamples``
         """
         obs, next_obs, _, _, (actions, dones, rewards) = self._gather(batch_inds, env_indices, env)
-        obs_t, next_t = (self.to_torch(self._normalize_obs(o, env), copy=False) for o in (obs, next_obs))
+        obs_t, next_t = (self.to_torch(cast(np.ndarray, self._normalize_obs(o, env)), copy=False) for o in (obs, next_obs))
         return ReplayBufferSamples(obs_t, actions, next_t, dones, rewards)
 
 

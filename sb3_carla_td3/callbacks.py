@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from sb3_carla_td3.health import (
     ROLES,
@@ -45,6 +47,11 @@ __all__ = [
     "RewardTrendCallback",
     "TrainingHealthCallback",
 ]
+
+
+def _train_stats(model: BaseAlgorithm) -> dict[str, float]:
+    """:return: TD3CNN's ``last_train_stats`` (the latest update's norms and Q statistics); {} for other algorithms"""
+    return getattr(model, "last_train_stats", {})
 
 
 class GradientNormCallback(BaseCallback):
@@ -103,7 +110,7 @@ class GradientNormCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         if self._uses_stats:
-            self._stats_updates = self.model.last_train_stats.get("n_updates")
+            self._stats_updates = _train_stats(self.model).get("n_updates")
         else:
             self._recorder = StepNormRecorder(self._optimizers)
 
@@ -111,7 +118,7 @@ class GradientNormCallback(BaseCallback):
         """New norms per network since the last read; with TD3CNN also logs its pre-clip norm and clip fraction."""
         if self._recorder is not None:
             return {role: self._recorder.pop(role) for role in self._optimizers}
-        stats = self.model.last_train_stats if self._uses_stats else {}
+        stats = _train_stats(self.model) if self._uses_stats else {}
         if stats.get("n_updates") == self._stats_updates:
             return {}
         self._stats_updates = stats.get("n_updates")
@@ -236,7 +243,7 @@ class QValueCallback(BaseCallback):
         :param scale: multiple of ``max|r| / (1 - gamma)``; None: ``margin``
         :return: the bound in return units, or None when gamma = 1
         """
-        gamma = float(self.model.gamma)
+        gamma = float(cast(OffPolicyAlgorithm, self.model).gamma)
         scale = self.margin if scale is None else scale
         return None if gamma >= 1 else scale * self.max_abs_reward / (1 - gamma) + self.atol
 
@@ -440,12 +447,12 @@ class TrainingHealthCallback(CallbackList):
         saturation: ActionSaturationCallback | None = None,
         check_freq: int | None = None,
     ) -> None:
-        every = {} if check_freq is None else {"check_freq": check_freq}
         self.gradients = GradientNormCallback() if gradients is None else gradients
-        self.q_values = QValueCallback(**every) if q_values is None else q_values
+        every = QValueCallback().check_freq if check_freq is None else check_freq
+        self.q_values = QValueCallback(check_freq=every) if q_values is None else q_values
         self.episodes = EpisodeCollapseCallback() if episodes is None else episodes
         self.rewards = RewardTrendCallback() if rewards is None else rewards
-        self.saturation = ActionSaturationCallback(**every) if saturation is None else saturation
+        self.saturation = ActionSaturationCallback(check_freq=every) if saturation is None else saturation
         super().__init__([self.gradients, self.q_values, self.episodes, self.rewards, self.saturation])
 
     def state_dict(self) -> dict[str, dict[str, Any]]:

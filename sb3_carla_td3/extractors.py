@@ -143,8 +143,11 @@ def _split_space(observation_space: spaces.Space, image_key: str) -> tuple[space
     return observation_space.spaces[image_key], vectors
 
 
-def _check_image_space(space: spaces.Space, frames: int, cnn: str, normalized_image: bool) -> None:
-    """Raise ValueError, one check per property, unless ``space`` is a channel-first stack of ``frames`` images."""
+def _check_image_space(space: spaces.Space, frames: int, cnn: str, normalized_image: bool) -> tuple[int, int, int]:
+    """Raise ValueError, one check per property, unless ``space`` is a channel-first stack of ``frames`` images.
+
+    :return: the image's (channels, height, width)
+    """
     if not isinstance(space, spaces.Box):
         raise ValueError(f"The image space must be a Box of shape (frames * channels, height, width), got {space}")
     shape = space.shape
@@ -181,6 +184,7 @@ def _check_image_space(space: spaces.Space, frames: int, cnn: str, normalized_im
             f"The image space is {height}x{width} pixels (shape {shape}), too small for cnn={cnn!r}: "
             f"height and width must be >= {minimum}"
         )
+    return channels, height, width
 
 
 class CnnGruExtractor(BaseFeaturesExtractor):
@@ -238,7 +242,7 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         if trunk is not None and (isinstance(trunk, bool) or not isinstance(trunk, int) or trunk < 1):
             raise ValueError(f"trunk must be a positive int (the trunk's features) or None, got {trunk!r}")
         image_space, vector_spaces = _split_space(observation_space, image_key)
-        _check_image_space(image_space, frames, cnn, normalized_image)
+        channels, height, width = _check_image_space(image_space, frames, cnn, normalized_image)
         if vector_mlp is not None and not vector_spaces:
             raise ValueError(
                 f"vector_mlp={vector_mlp!r} needs a Dict observation space with vector keys besides {image_key!r}, "
@@ -250,7 +254,6 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         vector_features = vector_mlp[-1] if vector_mlp else vector_dim
         super().__init__(observation_space, image_features + vector_features)
 
-        channels, height, width = image_space.shape
         self.frames = frames
         self.channels_per_frame = channels // frames
         self.cnn_type = cnn
@@ -302,6 +305,8 @@ class CnnGruExtractor(BaseFeaturesExtractor):
 
     def _recur(self, sequence: th.Tensor) -> th.Tensor:
         """(batch, frames, cnn_features) -> (batch, rnn_hidden): the RNN's final hidden state."""
+        if self.rnn is None:
+            raise RuntimeError("_recur needs an RNN; with rnn=None the CNN reads the stacked frames at once")
         _, hidden = self.rnn(sequence)
         if isinstance(hidden, tuple):  # LSTM returns (h_n, c_n)
             hidden = hidden[0]
@@ -335,13 +340,20 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         :param observations: the preprocessed observation batch (a tensor, or a dict of tensors for a Dict space)
         :return: image features, followed by the vector features in sorted key order
         """
-        if self.image_key is None:
-            return self.encode_image(observations)
-        parts = [self.encode_image(observations[self.image_key])]
-        if self.vector_keys:
-            vectors = th.cat([th.flatten(observations[key], start_dim=1).float() for key in self.vector_keys], dim=1)
-            parts.append(vectors if self.vector_net is None else self.vector_net(vectors))
-        return th.cat(parts, dim=1)
+        images, vectors = self._split(observations)
+        features = self.encode_image(images)
+        if vectors is None:
+            return features
+        return th.cat([features, vectors if self.vector_net is None else self.vector_net(vectors)], dim=1)
+
+    def _split(self, observations: th.Tensor | dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor | None]:
+        """:return: the images and the vector keys' values flattened and concatenated (None without vector keys)"""
+        if isinstance(observations, th.Tensor):
+            return observations, None
+        images = observations[self.image_key or "image"]
+        if not self.vector_keys:
+            return images, None
+        return images, th.cat([th.flatten(observations[key], start_dim=1).float() for key in self.vector_keys], dim=1)
 
     def forward_pair(
         self, observations: th.Tensor | dict[str, th.Tensor], next_observations: th.Tensor | dict[str, th.Tensor]
@@ -352,15 +364,10 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         :param next_observations: the preprocessed next-observation batch
         :return: (obs features, next-obs features), each (batch, features_dim)
         """
-        if self.image_key is None:
-            return self.encode_image_pair(observations, next_observations)
-        image, next_image = self.encode_image_pair(observations[self.image_key], next_observations[self.image_key])
-        if not self.vector_keys:
+        (images, vectors), (next_images, next_vectors) = self._split(observations), self._split(next_observations)
+        image, next_image = self.encode_image_pair(images, next_images)
+        if vectors is None or next_vectors is None:
             return image, next_image
-        vectors, next_vectors = (
-            th.cat([th.flatten(obs[key], start_dim=1).float() for key in self.vector_keys], dim=1)
-            for obs in (observations, next_observations)
-        )
         if self.vector_net is not None:
             vectors = self.vector_net(vectors)
             with th.no_grad():

@@ -184,7 +184,7 @@ def critic_values(output: th.Tensor | Sequence[th.Tensor]) -> th.Tensor:
     return th.cat([q.reshape(q.shape[0], -1).mean(dim=1, keepdim=True) for q in output], dim=1)
 
 
-def _target_values(model: BaseAlgorithm, data: Any) -> th.Tensor | None:
+def _target_values(model: Any, data: Any) -> th.Tensor | None:
     """One-step targets r + gamma (1 - d) min Q_target(s', a'), as the algorithm's own ``train()`` forms them.
 
     :param model: TD3/DDPG (a' from the target actor, without smoothing noise) or SAC (a' sampled, minus the entropy
@@ -247,14 +247,15 @@ def deterministic_actions(model: BaseAlgorithm, observations: Any) -> th.Tensor 
     return actor(observations)
 
 
-def score_critic(model: BaseAlgorithm, n_samples: int) -> QSample | None:
+def score_critic(model: Any, n_samples: int) -> QSample | None:
     """Score the critic on a replay sample (its Q of the stored and of the actor's actions, and where cheap its one-step
     target), without disturbing training.
 
     The global RNG states are restored afterwards (:func:`preserved_rng`), so a seeded run draws the same batches
     and noise with or without this check. The actor's action is its deterministic one (:func:`deterministic_actions`).
 
-    :param model: an off-policy SB3 algorithm with ``replay_buffer`` and ``critic``
+    :param model: an off-policy SB3 algorithm with ``replay_buffer``, ``critic`` and ``actor`` (typed Any: TD3, SAC, TQC
+        and CrossQ share these attributes but no class that declares them)
     :param n_samples: transitions to score, >= 1
     :return: the statistics, or None when the replay buffer is still empty
     """
@@ -270,10 +271,15 @@ def score_critic(model: BaseAlgorithm, n_samples: int) -> QSample | None:
         if target is not None:
             stats += [target.mean(), target.max()]
         numbers = th.stack(stats).float().cpu().tolist()
-    targets = numbers[4:] if target is not None else [None, None]
-    q_abs_max = max(numbers[2], abs(numbers[3]))
+    targets: list[float | None] = numbers[4:] if target is not None else [None, None]
     return QSample(
-        numbers[0], numbers[1], q_abs_max, *targets, n_updates=int(getattr(model, "_n_updates", 0)), policy_q_mean=numbers[3]
+        q_mean=numbers[0],
+        q_max=numbers[1],
+        q_abs_max=max(numbers[2], abs(numbers[3])),
+        target_q_mean=targets[0],
+        target_q_max=targets[1],
+        n_updates=int(getattr(model, "_n_updates", 0)),
+        policy_q_mean=numbers[3],
     )
 
 

@@ -117,9 +117,10 @@ class SharedEncoderPolicy(CnnPolicy):
         self.actor_target.load_state_dict(self.actor.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
         # Encoder ownership, in one line: the critic optimizer steps the encoder, the actor optimizer never does.
-        self.actor.optimizer = self.optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        optimizer_kwargs = {"lr": lr_schedule(1), **self.optimizer_kwargs}
+        self.actor.optimizer = self.optimizer_class(self.actor.parameters(), **optimizer_kwargs)
         critic_params = [*self.encoder.parameters(), *self.critic.parameters()]
-        self.critic.optimizer = self.optimizer_class(critic_params, lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.critic.optimizer = self.optimizer_class(critic_params, **optimizer_kwargs)
         self.actor_target.set_training_mode(False)
         self.critic_target.set_training_mode(False)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeGuard, TypeVar, cast
 
 import numpy as np
 import torch as th
@@ -14,7 +14,7 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, polyak_update, update_learning_rate
-from stable_baselines3.td3.policies import MlpPolicy
+from stable_baselines3.td3.policies import MlpPolicy, TD3Policy
 from torch.nn import functional as F
 
 from sb3_carla_td3.augmentation import AUGMENTATIONS, shift_pair
@@ -42,14 +42,14 @@ from sb3_carla_td3.saturation import SATURATED
 SelfTD3CNN = TypeVar("SelfTD3CNN", bound="TD3CNN")
 
 
-def _is_real(value: object) -> bool:
+def _is_real(value: object) -> TypeGuard[float]:
     """:return: whether ``value`` is an int or float and not a bool (``True`` is no learning rate or clip limit)"""
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 
 NONFINITE_MODES = ("skip", "raise")
 ENCODER_MODES = ("separate", "shared")
 REPLAY_BUFFERS = ("auto", "frame_stack", "sb3")
-SHARED_POLICIES: dict[str, type[BasePolicy]] = {
+SHARED_POLICIES: dict[str, type[TD3Policy]] = {
     "CnnPolicy": SharedEncoderPolicy,
     "MultiInputPolicy": SharedEncoderMultiInputPolicy,
 }
@@ -118,7 +118,7 @@ class TD3CNN(TD3):
 
     def __init__(
         self,
-        policy: str | type[BasePolicy],
+        policy: str | type[TD3Policy],
         env: GymEnv | str,
         learning_rate: float | Schedule = 1e-3,
         buffer_size: int = 1_000_000,
@@ -239,7 +239,7 @@ class TD3CNN(TD3):
         self.critic_lr_schedule = FloatSchedule(self.learning_rate if self.critic_lr is None else self.critic_lr)
         update_learning_rate(self.actor.optimizer, self.actor_lr_schedule(1.0))
         update_learning_rate(self.critic.optimizer, self.critic_lr_schedule(1.0))
-        critic_encoder = self.policy.encoder if self._shared else self.critic.features_extractor
+        critic_encoder = self._shared_policy.encoder if self._shared else self.critic.features_extractor
         self._actor_params = OptimizedParams.from_optimizer("actor", self.actor.optimizer, self.actor.features_extractor)
         self._critic_params = OptimizedParams.from_optimizer("critic", self.critic.optimizer, critic_encoder)
         self.audit_optimizers()
@@ -255,6 +255,11 @@ class TD3CNN(TD3):
             from sb3_carla_td3.reports import parameter_report
 
             print(parameter_report(self))
+
+    @property
+    def _shared_policy(self) -> SharedEncoderPolicy:
+        """The policy as a :class:`SharedEncoderPolicy` (only in shared mode)."""
+        return cast(SharedEncoderPolicy, self.policy)
 
     def _pass_frames_to_extractor(self) -> None:
         """Give the default encoder the frame count the env reports (VecFrameStack's ``n_stack`` or the env's
@@ -311,7 +316,7 @@ class TD3CNN(TD3):
         names = {id(p): name for name, p in self.policy.named_parameters()}
         critic_params = list(self.critic.parameters())
         if self._shared:
-            critic_params = list(self.policy.encoder.parameters()) + critic_params
+            critic_params = list(self._shared_policy.encoder.parameters()) + critic_params
         audit_optimizers(
             expected={
                 "actor": (self.actor.optimizer, list(self.actor.parameters())),
@@ -350,7 +355,7 @@ class TD3CNN(TD3):
 
             # Separate: actor, critic and their targets encode raw observations with their own encoders.
             # Shared: one encoder; next_obs features are detached and the frames obs and next_obs share are encoded once.
-            obs_input, next_input = self.policy.encode_pair(obs, next_obs) if self._shared else (obs, next_obs)
+            obs_input, next_input = self._shared_policy.encode_pair(obs, next_obs) if self._shared else (obs, next_obs)
 
             with th.no_grad():
                 # Target policy smoothing: clipped Gaussian noise on the target actor's action.
@@ -363,7 +368,7 @@ class TD3CNN(TD3):
                 target_q = replay_data.rewards + (1 - replay_data.dones) * discounts * min_next_q
 
             current_q = self.critic(obs_input, replay_data.actions)
-            critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
+            critic_loss = th.stack([F.mse_loss(q, target_q) for q in current_q]).sum()
             q_stats = self._q_statistics(current_q, target_q)
             critic_updates.append(self._optimizer_step(self._critic_params, critic_loss, self.critic_grad_clip, q_stats))
 
@@ -475,8 +480,9 @@ class TD3CNN(TD3):
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             return {f"{side}_skipped": 1.0}
 
-        clipped = max_norm is not None and pre_norm > max_norm
-        post_norm = clip_to_norm(params, max_norm, pre.total) if clipped else pre_norm
+        clipped, post_norm = False, pre_norm
+        if max_norm is not None and pre_norm > max_norm:
+            clipped, post_norm = True, clip_to_norm(params, max_norm, pre.total)
         check_clip(side, post_norm, max_norm, self.clip_check)
         optimizer.step()
         return values | {f"{side}_grad_norm_post": post_norm, f"{side}_clipped": float(clipped)}

@@ -12,7 +12,7 @@ import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -159,6 +159,9 @@ class _CarRacingCore(car_racing.CarRacing):
         return super()._render("state_pixels")
 
     def _render_road(self, zoom: float, translation: tuple[float, float], angle: float) -> None:
+        surface = self.surf
+        if surface is None:  # CarRacing.render creates the surface before it draws the road
+            raise RuntimeError("_render_road called outside CarRacing.render (no surface)")
         bounds = car_racing.PLAYFIELD
         field_poly = [(bounds, bounds), (bounds, -bounds), (-bounds, -bounds), (-bounds, bounds)]
         self._draw_colored_polygon(self.surf, field_poly, self.bg_color, zoom, translation, angle, clip=False)
@@ -181,8 +184,8 @@ class _CarRacingCore(car_racing.CarRacing):
             # Road colours are read live: the contact listener recolours a tile when a wheel touches it.
             color = self.grass_color if i < self._n_grass else [int(c) for c in self.road_poly[i - self._n_grass][1]]
             poly = list(zip(x[i].tolist(), y[i].tolist(), strict=True))
-            gfxdraw.aapolygon(self.surf, poly, color)
-            gfxdraw.filled_polygon(self.surf, poly, color)
+            gfxdraw.aapolygon(surface, poly, color)
+            gfxdraw.filled_polygon(surface, poly, color)
 
 
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:
@@ -268,7 +271,7 @@ class CarRacingEnv(gym.Env):
     - v0 (sb3_carla_td3 0.1.0): first version, on gymnasium's CarRacing-v3.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": car_racing.FPS}
+    metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array"], "render_fps": car_racing.FPS}  # noqa: RUF012
 
     def __init__(self, config: CarRacingConfig | None = None, render_mode: str | None = None) -> None:
         super().__init__()
@@ -314,7 +317,7 @@ class CarRacingEnv(gym.Env):
         self._core.reset(options=options)
         if self.config.skip_zoom:
             for _ in range(ZOOM_FRAMES - 1):  # CarRacing.reset already ran the first frame
-                self._core.step(None)
+                self._core.step(None)  # type: ignore[arg-type]  # CarRacing.step(None) runs a frame without action; typed without None
         track = np.array(self._core.track, dtype=np.float64)  # rows (alpha, beta, x, y), in driving order
         self._track_xy, self._track_beta = track[:, 2:4], track[:, 1]
         self._steps = self._offtrack_count = self._stuck_count = 0
@@ -349,7 +352,7 @@ class CarRacingEnv(gym.Env):
             if terminated:
                 break
         self._steps += 1
-        off_track = all(not wheel.tiles for wheel in self._core.car.wheels)
+        off_track = all(not wheel.tiles for wheel in self._car.wheels)
         self._offtrack_count = self._offtrack_count + 1 if off_track else 0
         zoomed_in = self._core.t >= 1.0 - 1e-6  # the camera zoom-in lasts CarRacing's first second
         slow = zoomed_in and self._speed() < self.config.stuck_speed
@@ -415,13 +418,21 @@ class CarRacingEnv(gym.Env):
             image = self._resample @ image @ self._resample.T
         return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
+    @property
+    def _car(self) -> Any:
+        """:return: the Box2D car (gymnasium's ``Car``); raises before the first reset, when there is none"""
+        car = self._core.car
+        if car is None:
+            raise RuntimeError("CarRacingEnv has no car before reset(): call reset() first")
+        return car
+
     def _speed(self) -> float:
         """:return: the car's speed in m/s (Box2D units per second)"""
-        return float(math.hypot(*self._core.car.hull.linearVelocity))
+        return float(math.hypot(*self._car.hull.linearVelocity))
 
     def _vector(self) -> np.ndarray:
         """:return: float32 array of the ``VECTOR_FIELDS`` (see the class docstring)"""
-        car = self._core.car
+        car = self._car
         hull = car.hull
         forward, right = np.array(hull.GetWorldVector((0.0, 1.0))), np.array(hull.GetWorldVector((1.0, 0.0)))
         velocity = np.array(hull.linearVelocity)
@@ -432,7 +443,7 @@ class CarRacingEnv(gym.Env):
         offset = float(np.dot(position - self._track_xy[nearest], (math.cos(beta), math.sin(beta))))
         on_track = sum(bool(wheel.tiles) for wheel in car.wheels) / len(car.wheels)
         # Box2D angles and angular velocities are counter-clockwise; the vector's signs are positive to the right.
-        vector = (np.dot(velocity, forward) / MAX_SPEED, np.dot(velocity, right) / MAX_SPEED)
+        vector: tuple[float, ...] = (np.dot(velocity, forward) / MAX_SPEED, np.dot(velocity, right) / MAX_SPEED)
         vector += (-hull.angularVelocity / MAX_YAW_RATE, -car.wheels[0].joint.angle / MAX_STEER_ANGLE, on_track)
         vector += (heading_error / math.pi, offset / car_racing.TRACK_WIDTH)
         return np.clip(np.array(vector, dtype=np.float32), _VECTOR_LOW, _VECTOR_HIGH)

@@ -151,8 +151,10 @@ def build_model(config: RunConfig, env: VecEnv) -> TD3CNN:
     :param env: the training env
     :return: the model
     """
-    space = env.observation_space
-    kwargs = config.model_kwargs(n_actions=env.action_space.shape[0])
+    space, action_space = env.observation_space, env.action_space
+    if not isinstance(action_space, spaces.Box):
+        raise ConfigError(f"{config.source or 'config'}: TD3 needs a continuous (Box) action space, got {action_space}")
+    kwargs = config.model_kwargs(n_actions=action_space.shape[0])
     if isinstance(space, spaces.Dict):
         policy = "MultiInputPolicy"
     elif is_image_space(space, check_channels=False, normalized_image=False):
