@@ -10,6 +10,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.config import RunConfig, config_from_dict
 from sb3_carla_td3.validation import checkpoints
+from sb3_carla_td3.validation.evaluation import DrivingEvalCallback
 from sb3_carla_td3.validation.phases import phase1
 from sb3_carla_td3.validation.runner import train
 
@@ -41,6 +42,34 @@ class InterruptAt(BaseCallback):
         if self.num_timesteps >= self.timestep:
             raise KeyboardInterrupt
         return True
+
+
+class Holder(BaseCallback):
+    """Keeps what a callback factory was given, and counts its steps."""
+
+    def __init__(self, health: BaseCallback, evaluation: DrivingEvalCallback | None) -> None:
+        super().__init__()
+        self.health, self.evaluation = health, evaluation
+
+    def _on_step(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("eval_freq", [0, 1000])
+def test_callback_factories_get_the_runs_own_health_and_evaluation_callbacks(tmp_path, eval_freq):
+    built: list[Holder] = []
+
+    def factory(health, evaluation):
+        built.append(Holder(health, evaluation))
+        return built[-1]
+
+    config = tiny_config(run={"total_timesteps": 60, "eval_freq": eval_freq})  # 1000: built, never due
+    result = train(config, tmp_path, callback_factories=[factory])
+    assert len(built) == 1 and built[0].health is result.health and built[0].n_calls == 60
+    if eval_freq:
+        assert isinstance(built[0].evaluation, DrivingEvalCallback) and built[0].evaluation.eval_freq == eval_freq
+    else:
+        assert built[0].evaluation is None
 
 
 def test_phase1_report_holds_the_seed_table_verdict_and_plots(tmp_path):

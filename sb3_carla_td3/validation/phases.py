@@ -31,8 +31,14 @@ ARCHITECTURES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def _finish(result: RunResult, report: PhaseReport) -> PhaseReport:
-    """Add the common sections (reports, plots, run facts) and write report.md / report.json."""
+def finish_report(result: RunResult, report: PhaseReport) -> PhaseReport:
+    """Add the common sections (evaluations, run facts, hyperparameter and parameter reports, plots) to a report of
+    ``result`` and write report.md / report.json into its run directory.
+
+    :param result: a finished run (from :func:`~sb3_carla_td3.validation.runner.train`)
+    :param report: the report so far: title, rows and any sections of its own
+    :return: ``report``, completed and written
+    """
     model, verdicts = result.model, result.health.verdict()
     q_bound = verdicts["q_bound"].threshold
     limits = {"actor": model.actor_grad_clip, "critic": model.critic_grad_clip}
@@ -64,6 +70,10 @@ def _finish(result: RunResult, report: PhaseReport) -> PhaseReport:
     return report
 
 
+#: The former private name of :func:`finish_report`.
+_finish = finish_report
+
+
 def phase1(config: RunConfig, run_dir: str | Path, verbose: int = 0) -> PhaseReport:
     """Phase 1: train briefly with verified clipping and judge the seed's Task 5 table.
 
@@ -76,7 +86,7 @@ def phase1(config: RunConfig, run_dir: str | Path, verbose: int = 0) -> PhaseRep
     rows = phase1_rows(result.health.verdict(), result.model.actor_grad_clip, result.model.critic_grad_clip)
     rows.append(learning_row(result.recorder.episodes))
     title = f"Phase 1 validation: TD3CNN on {config.env.name}, {result.model.num_timesteps} steps"
-    return _finish(result, PhaseReport(title, rows))
+    return finish_report(result, PhaseReport(title, rows))
 
 
 def phase3(config: RunConfig | None, run_dir: str | Path, resume: bool = False, verbose: int = 0) -> PhaseReport:
@@ -106,7 +116,7 @@ def phase3(config: RunConfig | None, run_dir: str | Path, resume: bool = False, 
             )
         )
     title = f"Phase 3 training: TD3CNN on {result.config.env.name}, {result.model.num_timesteps} steps ({result.status})"
-    return _finish(result, PhaseReport(title, rows))
+    return finish_report(result, PhaseReport(title, rows))
 
 
 def load_evaluations(run_dir: Path) -> list[dict[str, Any]]:

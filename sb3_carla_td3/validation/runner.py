@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,10 @@ CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.json"
 EVALUATIONS_FILE = "eval/evaluations.json"
 CHECKPOINTS = "checkpoints"
+
+#: Builds an extra callback of a run from the run's own health callback and its evaluation callback (None when
+#: ``run.eval_freq`` is 0), so that it can read their verdicts and results; see :func:`train`.
+CallbackFactory = Callable[[TrainingHealthCallback, DrivingEvalCallback | None], BaseCallback]
 
 
 @dataclass
@@ -178,6 +182,7 @@ def train(
     resume: bool = False,
     callbacks: Sequence[BaseCallback] = (),
     verbose: int = 0,
+    callback_factories: Sequence[CallbackFactory] = (),
 ) -> RunResult:
     """Train (or resume) a run in ``run_dir``: config.yaml, progress.csv, TensorBoard, history.json, checkpoints/.
 
@@ -189,6 +194,8 @@ def train(
         state, and the replay buffer when it was saved)
     :param callbacks: extra callbacks
     :param verbose: 1 prints the reports and the SB3 logs to stdout
+    :param callback_factories: builders of extra callbacks that need the run's own health and evaluation callbacks
+        (see :data:`CallbackFactory`); each is called once, and its callback runs after ``callbacks``
     :return: the result
     """
     run_dir = Path(run_dir)
@@ -217,15 +224,17 @@ def train(
     saved_health = load_health_state(checkpoint) if checkpoint is not None else None
     if saved_health is not None:  # the report judges the whole run: alarms raised before the resume stand
         health.load_state_dict(saved_health)
-    all_callbacks: list[BaseCallback] = [health, recorder, *callbacks]
+    evaluation = evaluation_callback(config, run_dir, verbose) if config.run.eval_freq else None
+    extra = [*callbacks, *(factory(health, evaluation) for factory in callback_factories)]
+    all_callbacks: list[BaseCallback] = [health, recorder, *extra]
     if config.run.checkpoint_freq:
         all_callbacks.append(
             AtomicCheckpointCallback(
                 config.run.checkpoint_freq, checkpoint_dir, config.run.save_replay_buffer, health.state_dict
             )
         )
-    if config.run.eval_freq:
-        all_callbacks.append(evaluation_callback(config, run_dir, verbose))
+    if evaluation is not None:
+        all_callbacks.append(evaluation)
 
     resumed_from = model.num_timesteps if checkpoint is not None else None
     remaining = max(config.run.total_timesteps - model.num_timesteps, 0)
