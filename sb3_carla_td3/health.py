@@ -2,8 +2,8 @@
 
 Everything here works on any SB3 off-policy algorithm (TD3, DDPG, SAC, sb3-contrib's TQC) without touching its
 ``train()``: gradient norms come from ``torch.optim.Optimizer.register_step_pre_hook``, Q-values from scoring the
-critic on a replay sample, episode statistics from Monitor's ``info["episode"]``. :class:`RewardTrendCallback`
-lives here next to its statistic; every callback is importable from :mod:`sb3_carla_td3.callbacks`.
+critic on a replay sample, episode statistics from Monitor's ``info["episode"]``. The callbacks themselves live in
+:mod:`sb3_carla_td3.callbacks`; ``RewardTrendCallback`` stays importable from here, where it used to live.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import math
 import os
 import random
 import warnings
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch as th
@@ -411,58 +410,14 @@ def warn_health(message: str) -> None:
     warnings.warn(message, TrainingHealthWarning, stacklevel=2)
 
 
-class RewardTrendCallback(BaseCallback):
-    """Least-squares slope of episode returns over the last ``window`` episodes, and a "degrading" flag.
+if TYPE_CHECKING:
+    from sb3_carla_td3.callbacks.reward_trend import RewardTrendCallback as RewardTrendCallback
+else:
 
-    Degrading: the slope is negative and the mean return of the window's last third is below that of its first third
-    by more than ``tolerance`` times the window's return std. With i.i.d. returns and ``tolerance=1`` a window is
-    flagged by chance about 1% of the time for 30 episodes, 4% for 20, 14% for 9. Episodes that end during the random
-    warm-up (``learning_starts``) are not counted: they are not the policy's. Logs ``health/reward_slope``
-    (return per episode), ``health/reward_change`` (that standardized difference) and ``health/reward_degrading``;
-    never stops training.
+    def __getattr__(name: str) -> Any:
+        """``RewardTrendCallback``, imported on first use (an import at the top would be circular: it uses this module)."""
+        if name == "RewardTrendCallback":
+            from sb3_carla_td3.callbacks.reward_trend import RewardTrendCallback
 
-    :param window: episodes in the trend window, >= 3
-    :param tolerance: drop, in units of the window's return std, that counts as degrading, >= 0
-    :param verbose: verbosity level; reports go through the logger and warnings
-    """
-
-    def __init__(self, window: int = 30, tolerance: float = 1.0, verbose: int = 0) -> None:
-        super().__init__(verbose=verbose)
-        require(is_count(window) and window >= 3, "window", window, "an int >= 3 (episodes)")
-        require(is_number(tolerance) and tolerance >= 0, "tolerance", tolerance, "a finite float >= 0")
-        self.window, self.tolerance = window, float(tolerance)
-        self.slope: float | None = None
-        self.change: float | None = None
-        self.degrading: bool | None = None
-        self._returns: deque[float] = deque(maxlen=window)
-
-    def _on_step(self) -> bool:
-        episodes = episode_infos(self)
-        if not episodes or self.num_timesteps <= getattr(self.model, "learning_starts", 0):
-            return True
-        self._returns.extend(float(episode["r"]) for episode in episodes)
-        if len(self._returns) < self.window:
-            return True
-        self.slope, self.change = reward_trend(self._returns)
-        degrading = self.slope < 0 and self.change < -self.tolerance
-        if degrading and not self.degrading:
-            warn_health(
-                f"returns degrading at timestep {self.num_timesteps}: slope {self.slope:.4g} per episode; the last third "
-                f"of the last {self.window} episodes is {-self.change:.3g} std below the first third"
-            )
-        self.degrading = degrading
-        self.logger.record("health/reward_slope", self.slope)
-        self.logger.record("health/reward_change", self.change)
-        self.logger.record("health/reward_degrading", float(degrading))
-        continue_training = True
-        return continue_training
-
-    def verdict(self) -> HealthVerdict:
-        """Whether returns were not degrading over the latest window.
-
-        :return: value = standardized change of the latest window, threshold = ``-tolerance``
-        """
-        if self.change is None or self.slope is None:
-            return HealthVerdict(None, None, -self.tolerance, f"fewer than {self.window} episodes")
-        detail = f"slope {self.slope:.4g} return/episode over the last {self.window} episodes"
-        return HealthVerdict(not self.degrading, self.change, -self.tolerance, detail)
+            return RewardTrendCallback
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,146 @@
+"""Gradient norms: the global L2 norm of every actor and critic update, checked against its clip limit."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_carla_td3.health import (
+    ROLES,
+    HealthVerdict,
+    StepNormRecorder,
+    clip_verdict,
+    find_optimizers,
+    is_number,
+    keep_training,
+    require,
+    warn_health,
+)
+
+
+def _train_stats(model: BaseAlgorithm) -> dict[str, float]:
+    """:return: TD3CNN's ``last_train_stats`` (the latest update's norms and Q statistics); {} for other algorithms"""
+    return getattr(model, "last_train_stats", {})
+
+
+class GradientNormCallback(BaseCallback):
+    """Log the global L2 gradient norm of every actor and critic update and check it against a clip limit.
+
+    Plain SB3: a step pre-hook on each optimizer measures exactly the gradients that step consumes (after any
+    clipping); ``health/<net>_grad_norm`` is the mean and ``health/<net>_grad_norm_max`` the max over the updates of
+    the last ``train()`` call. TD3CNN: ``last_train_stats`` give the latest post-clip norm, the call's max, the
+    pre-clip norm (``health/<net>_grad_norm_pre``) and the clip fraction (``health/<net>_clip_fraction``). A norm
+    above ``limit * (1 + rtol)``, or a non-finite one, is a violation: ``health/<net>_grad_clip_violation`` = 1 and a
+    warning. ``<net>`` is ``actor`` or ``critic``.
+
+    :param actor_max_norm: limit on the actor's post-clip norm; None: the model's ``actor_grad_clip`` if it has one,
+        else no limit (the norm is only logged)
+    :param critic_max_norm: the same for the critic (``critic_grad_clip``)
+    :param rtol: relative tolerance of the limit check, in [0, 1) (float32 round-off of a clipped norm)
+    :param stop_on_violation: stop training (``_on_step`` returns False) at a violation
+    :param checkpoint_path: where to save the model before such a stop; None saves nothing
+    :param verbose: verbosity level; reports go through the logger and warnings
+    """
+
+    def __init__(
+        self,
+        actor_max_norm: float | None = None,
+        critic_max_norm: float | None = None,
+        rtol: float = 1e-4,
+        stop_on_violation: bool = False,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose=verbose)
+        for name, limit in (("actor_max_norm", actor_max_norm), ("critic_max_norm", critic_max_norm)):
+            require(is_number(limit, 0, allow_none=True), name, limit, "a positive finite float or None (no limit)")
+        require(is_number(rtol) and 0 <= rtol < 1, "rtol", rtol, "a float in [0, 1)")
+        self.limits: dict[str, float | None] = {"actor": actor_max_norm, "critic": critic_max_norm}
+        self.rtol, self.stop_on_violation, self.checkpoint_path = float(rtol), stop_on_violation, checkpoint_path
+        #: Largest norm over every update measured (None until the network is updated).
+        self.max_norm: dict[str, float | None] = dict.fromkeys(ROLES)
+        #: Norms read at the latest check (hooks: one per optimizer step; TD3CNN: latest and max post-clip norm).
+        self.last_norms: dict[str, list[float]] = {role: [] for role in ROLES}
+        #: Optimizer steps measured (hooks) or train() calls read (TD3CNN).
+        self.n_measurements: dict[str, int] = dict.fromkeys(ROLES, 0)
+        self.violated_at_step: int | None = None
+        self._recorder: StepNormRecorder | None = None
+        self._stats_updates: float | None = None
+
+    def _init_callback(self) -> None:
+        for role in ROLES:
+            if self.limits[role] is None:
+                self.limits[role] = getattr(self.model, f"{role}_grad_clip", None)
+        self._uses_stats = hasattr(self.model, "last_train_stats")
+        self._optimizers = {} if self._uses_stats else find_optimizers(self.model)
+        missing = [role for role in ROLES if not self._uses_stats and role not in self._optimizers]
+        if missing:
+            warn_health(f"{type(self).__name__}: no optimizer found for {missing} on {type(self.model).__name__}")
+
+    def _on_training_start(self) -> None:
+        if self._uses_stats:
+            self._stats_updates = _train_stats(self.model).get("n_updates")
+        else:
+            self._recorder = StepNormRecorder(self._optimizers)
+
+    def _read_norms(self) -> dict[str, list[float]]:
+        """New norms per network since the last read; with TD3CNN also logs its pre-clip norm and clip fraction."""
+        if self._recorder is not None:
+            return {role: self._recorder.pop(role) for role in self._optimizers}
+        stats = _train_stats(self.model) if self._uses_stats else {}
+        if stats.get("n_updates") == self._stats_updates:
+            return {}
+        self._stats_updates = stats.get("n_updates")
+        for key in (f"{role}_{name}" for role in ROLES for name in ("grad_norm_pre", "clip_fraction")):
+            if key in stats:
+                self.logger.record(f"health/{key}", stats[key])
+        keys = {role: (f"{role}_grad_norm_post", f"{role}_grad_norm_post_max") for role in ROLES}
+        return {role: [stats[key] for key in pair] for role, pair in keys.items() if pair[0] in stats}
+
+    def _check(self, role: str, norms: list[float]) -> bool:
+        """Log one network's new norms; return True when they violate its limit."""
+        batch_max, previous = float(np.max(norms)), self.max_norm[role]
+        self.max_norm[role] = batch_max if previous is None else float(np.max([previous, batch_max]))
+        self.last_norms[role] = norms
+        self.n_measurements[role] += 1 if self._uses_stats else len(norms)
+        self.logger.record(f"health/{role}_grad_norm", float(norms[0] if self._uses_stats else np.mean(norms)))
+        self.logger.record(f"health/{role}_grad_norm_max", batch_max)
+        limit = self.limits[role]
+        violated = not math.isfinite(batch_max) or (limit is not None and batch_max > limit * (1 + self.rtol))
+        if limit is not None:
+            self.logger.record(f"health/{role}_grad_clip_violation", float(violated))
+        if violated and self.violated_at_step is None:
+            self.violated_at_step = self.num_timesteps
+            warn_health(
+                f"{role} gradient norm {batch_max:.6g} exceeds its limit {limit} (rtol {self.rtol:g}) "
+                f"at timestep {self.num_timesteps}"
+            )
+        return violated
+
+    def _on_step(self) -> bool:
+        norms = {role: values for role, values in self._read_norms().items() if values}
+        if not norms:
+            return True
+        violated = [self._check(role, values) for role, values in norms.items()]
+        continue_training = keep_training(self.model, any(violated) and self.stop_on_violation, self.checkpoint_path)
+        return continue_training
+
+    def _on_training_end(self) -> None:
+        # The last train() call ran after the last _on_step: read it before the hooks go.
+        for role, values in self._read_norms().items():
+            if values:
+                self._check(role, values)
+        if self._recorder is not None:
+            self._recorder.remove()
+            self._recorder = None
+
+    def verdicts(self) -> dict[str, HealthVerdict]:
+        """Per network, whether the largest post-clip norm over every update stayed within the limit.
+
+        :return: verdicts keyed ``"actor_grad_clip"`` and ``"critic_grad_clip"``; value = max norm, threshold = limit
+        """
+        return {f"{r}_grad_clip": clip_verdict(r, self.max_norm[r], self.limits[r], self.rtol) for r in ROLES}
