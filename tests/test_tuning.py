@@ -386,6 +386,15 @@ def test_median_pruner_stops_a_trial_below_the_median_but_never_at_its_last_eval
         study.tell(trial, state=TrialState.PRUNED)
 
 
+def test_pruning_callback_reads_the_callbacks_attached_by_train_and_fails_loudly_without_them():
+    callback = HealthPruningCallback(optuna.create_study().ask(), checks=[])
+    with pytest.raises(RuntimeError, match="TrainingHealthCallback or DrivingEvalCallback attached"):
+        callback._on_step()
+    health, evaluation = object(), SimpleNamespace(results=[])
+    assert callback.attach(health, evaluation) is callback  # type: ignore[arg-type]
+    assert callback._health is health and callback._evaluation is evaluation
+
+
 def test_health_failure_names_the_first_failed_check_and_counts_nonfinite_updates():
     from sb3_carla_td3.callbacks import TrainingHealthCallback
 
