@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.envs.carla_config import CarlaConfig
 from sb3_carla_td3.envs.carla_vec_env import (
@@ -261,26 +262,57 @@ def _faulty_carla_env(index: int, kill_at_ticks: tuple[int, ...], report_dir: Pa
 
 @needs_fork
 def test_a_run_with_two_server_deaths_and_a_killed_worker_finishes_every_step(tmp_path: Path) -> None:
-    """1,000 vec-env steps over 2 fake-server CARLA envs: env 0's server dies twice, env 1's worker is SIGKILLed once.
-    Every step completes, the events show in the infos, and each env that closed left 0 actors and async mode."""
+    """A TD3CNN run of 1,000 vec-env steps over 2 fake-server CARLA envs: env 0's server dies twice, env 1's worker is
+    SIGKILLed once. Every step completes, the learner trains on, the events show in the infos, and each env that
+    closed left 0 actors and async mode."""
     pytest.importorskip("carla")
+    from sb3_carla_td3 import TD3CNN
+
     fns = [partial(_faulty_carla_env, 0, (250, 700), tmp_path), partial(_faulty_carla_env, 1, (), tmp_path)]
     venv = RestartingSubprocVecEnv(fns, start_method="fork", worker_timeout_s=60.0)
     reasons: list[str] = []
-    steps = 0
-    try:
-        venv.reset()
-        for step in range(1000):
-            if step == 500:
+
+    class KillWorkerAndCollect(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.n_calls == 500:
                 os.kill(venv.processes[1].pid, signal.SIGKILL)  # a worker segfaulting in libcarla
-            _, _, dones, infos = venv.step(np.zeros((2, 2), np.float32))
-            reasons += [info["reason"] for info, done in zip(infos, dones, strict=True) if done]
-            steps += 1
+            dones, infos = self.locals["dones"], self.locals["infos"]
+            reasons.extend(info["reason"] for info, done in zip(infos, dones, strict=True) if done)
+            return True
+
+    callback = KillWorkerAndCollect()
+    try:
+        model = TD3CNN(
+            "MultiInputPolicy",
+            venv,
+            encoder="shared",
+            learning_starts=1900,  # 50 gradient steps at the end: the learner keeps training after the faults
+            batch_size=8,
+            buffer_size=2000,
+            policy_kwargs={"net_arch": [16], "features_extractor_kwargs": {"cnn": "nature", "rnn": None, "cnn_features": 16}},
+            seed=0,
+            device="cpu",
+        )
+        model.learn(2000, callback=callback)
     finally:
         venv.close()
+    steps = callback.n_calls
+    assert model.num_timesteps == 2000 and model.last_train_stats["n_updates"] == 50
     assert steps == 1000
     assert reasons.count("server_lost") == 2 and reasons.count("worker_restarted") == 1
     assert venv.worker_restarts == 1
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("env*.json"))]
     assert len(reports) == 2  # the killed worker never closed; its replacement did
     assert all(r == {"actors": 0, "sync": False} for r in reports)
+
+
+def test_repeat_newest_frame_continues_the_stack_and_leaves_vectors() -> None:
+    from sb3_carla_td3.envs.carla_sensors import repeat_newest_frame
+
+    image = np.arange(3 * 2 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)  # 3 frames of 2 channels
+    obs = {"image": image, "vector": np.array([1.0, 2.0], np.float32)}
+    after = repeat_newest_frame(obs, frames=3)
+    assert np.array_equal(after["image"][:4], image[2:]) and np.array_equal(after["image"][4:], image[4:])
+    assert np.array_equal(after["vector"], obs["vector"]) and after["vector"] is not obs["vector"]
+    assert np.array_equal(obs["image"], np.arange(96, dtype=np.uint8).reshape(6, 4, 4))  # the input is not modified
+    assert np.array_equal(repeat_newest_frame(image, frames=1), image)

@@ -39,6 +39,7 @@ from sb3_carla_td3.envs.carla_sensors import (
     SensorSuite,
     SensorTimeoutError,
     preprocess_image,
+    repeat_newest_frame,
 )
 from sb3_carla_td3.envs.carla_server import CarlaServerSupervisor
 from sb3_carla_td3.envs.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
@@ -441,7 +442,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             "server still answers" if answering else f"server {self.config.host}:{self.config.port} lost",
             message,
         )
-        obs = {k: v.copy() for k, v in (self._last_obs or {}).items()}
+        obs = repeat_newest_frame(self._last_obs or {}, self.frame_stack)  # no new frame: the newest repeats
         info = {"reason": reason, "carla_error": message, "reward_terms": dict.fromkeys(REWARD_TERMS, 0.0)}
         return obs, 0.0, False, True, info
 

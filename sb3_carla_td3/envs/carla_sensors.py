@@ -206,6 +206,27 @@ class FrameStack:
         return self._stack.copy()
 
 
+def repeat_newest_frame(observation: Any, frames: int, image_key: str = "image") -> Any:
+    """The observation one step later when no new camera frame came: the stack shifted by one frame, its newest frame
+    repeated, every other key unchanged.
+
+    A truncated episode's last ``next_obs`` (the server died mid-step, a worker was restarted) is built this way, so
+    that it continues the frame stack like every other transition (frame-stack replay buffers check this).
+
+    :param observation: a Dict observation with a channel-first ``(frames * C, H, W)`` image, or that image alone
+    :param frames: frames in the stack, >= 1 (1: returned as a copy)
+    :param image_key: the Dict key of the image
+    :return: a new observation
+    """
+    if isinstance(observation, dict):
+        return {k: repeat_newest_frame(v, frames) if k == image_key else np.array(v) for k, v in observation.items()}
+    image = np.array(observation)
+    channels = image.shape[0] // frames
+    if frames > 1:
+        image[:-channels] = image[channels:].copy()
+    return image
+
+
 @dataclass(frozen=True)
 class CollisionRecord:
     """One collision event as plain values.

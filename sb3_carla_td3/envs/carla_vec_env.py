@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper, Ve
 from stable_baselines3.common.vec_env.subproc_vec_env import _stack_obs, _worker
 
 from sb3_carla_td3.envs.carla_config import SERVER_PORT_SPAN, CarlaConfig, server_ports
+from sb3_carla_td3.envs.carla_sensors import repeat_newest_frame
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,8 @@ class RestartingSubprocVecEnv(SubprocVecEnv):
 
     The restarted worker's env is reset and its step reported as the end of a truncated episode: ``done`` True,
     reward 0, ``info["reason"] == "worker_restarted"``, ``info["TimeLimit.truncated"]`` True,
-    ``info["terminal_observation"]`` the last observation the parent saw from that env, ``info["worker_error"]``
+    ``info["terminal_observation"]`` the last observation the parent saw from that env with its newest camera frame
+    repeated (:func:`~sb3_carla_td3.envs.carla_sensors.repeat_newest_frame`), ``info["worker_error"]``
     what happened and ``info["worker_restarts"]`` the running count (also :attr:`worker_restarts`; log it with
     :class:`WorkerRestartLogger`).
 
@@ -282,6 +284,10 @@ class RestartingSubprocVecEnv(SubprocVecEnv):
         observation_space, action_space = self._receive(0)
         self._last_obs: list[Any] = [None] * len(self._env_fns)
         VecEnv.__init__(self, len(self._env_fns), observation_space, action_space)
+        #: Frames each env stacks (its ``frame_stack`` attribute, else 1): a restarted worker's last observation is
+        #: continued by repeating its newest frame.
+        stacks = self.get_attr("frame_stack") if self.has_attr("frame_stack") else [1] * self.num_envs
+        self._frames = [int(frames or 1) for frames in stacks]
 
     # ------------------------------------------------------------ workers
     def _start_worker(self, index: int) -> tuple[Connection, Any]:
@@ -378,7 +384,7 @@ class RestartingSubprocVecEnv(SubprocVecEnv):
                     "worker_error": str(e),
                     "worker_restarts": self.worker_restarts,
                     "TimeLimit.truncated": True,
-                    "terminal_observation": last_obs if last_obs is not None else obs,
+                    "terminal_observation": obs if last_obs is None else repeat_newest_frame(last_obs, self._frames[index]),
                 }
                 results.append((obs, 0.0, True, info, reset_info))
         self.waiting = False
