@@ -14,14 +14,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.health import (
     HealthVerdict,
-    deterministic_actions,
     is_count,
     is_number,
     keep_training,
-    preserved_rng,
     require,
     warn_health,
 )
+from sb3_carla_td3.q_scoring import deterministic_actions, preserved_rng
 
 #: |action| above this counts as saturated (actions live in [-1, 1]).
 SATURATED = 0.99

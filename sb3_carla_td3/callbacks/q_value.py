@@ -13,16 +13,13 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from sb3_carla_td3.health import (
     HealthVerdict,
-    QSample,
-    divergence_reason,
     is_count,
     is_number,
     keep_training,
     require,
-    score_critic,
-    stats_q_sample,
     warn_health,
 )
+from sb3_carla_td3.q_scoring import QSample, divergence_reason, score_critic, stats_q_sample
 
 
 class QValueCallback(BaseCallback):
