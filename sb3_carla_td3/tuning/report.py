@@ -13,6 +13,7 @@ from sb3_carla_td3.errors import ConfigError
 from sb3_carla_td3.tuning.search import STUDY_FILE
 from sb3_carla_td3.tuning.storage import _mask, make_storage, storage_url
 
+#: The report, and the best trial's effective config, written into the study folder.
 REPORT_FILE = "report.md"
 BEST_CONFIG_FILE = "best_config.yaml"
 

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from sb3_carla_td3.validation.report import PhaseReport
     from sb3_carla_td3.validation.runner import RunResult
 
+#: The study folder's record of its name, storage (password masked), n_trials and files; read by tune_report.
 STUDY_FILE = "study.json"
-
+#: A trial's run directory in the study folder.
 TRIAL_DIR = "trial_{number:04d}"
 
 
