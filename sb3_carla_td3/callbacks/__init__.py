@@ -15,6 +15,7 @@ from sb3_carla_td3.callbacks.gradient_norm import GradientNormCallback
 from sb3_carla_td3.callbacks.q_value import QValueCallback
 from sb3_carla_td3.callbacks.reward_trend import RewardTrendCallback
 from sb3_carla_td3.callbacks.training_health import TrainingHealthCallback
+from sb3_carla_td3.health import HealthVerdict as HealthVerdict  # what verdict() returns, importable here as before
 from sb3_carla_td3.saturation import ActionSaturationCallback
 
 __all__ = [

@@ -19,6 +19,7 @@ from sb3_carla_td3.config.sections import (
     TD3Config,
     env_options_class,
 )
+from sb3_carla_td3.errors import ConfigError as ConfigError  # what loading raises, importable here as before
 
 __all__ = [
     "ENV_CONFIG_CLASSES",
