@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sb3_carla_td3.envs.carla_config import SCENARIO_NPC_VEHICLES, CarlaConfig
+from sb3_carla_td3.envs.carla.config import SCENARIO_NPC_VEHICLES, CarlaConfig
 from sb3_carla_td3.errors import ConfigError
 
 EXAMPLE_YAML = Path(__file__).resolve().parents[1] / "configs" / "carla_town01.yaml"
@@ -146,3 +146,17 @@ def test_importing_the_env_modules_does_not_import_carla() -> None:
     code = "; ".join(f"import sb3_carla_td3.envs.{m}" for m in modules)
     code += "; import sys; sys.exit(1 if 'carla' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_carla_modules_old_import_paths_still_work():
+    """The CARLA modules moved into envs/carla/; code importing sb3_carla_td3.envs.carla_env & co. keeps working."""
+    import importlib
+
+    from sb3_carla_td3 import envs
+
+    assert len(envs._MOVED) == 13
+    for old, new in envs._MOVED.items():
+        assert importlib.import_module(f"sb3_carla_td3.envs.{old}") is importlib.import_module(f"sb3_carla_td3.envs.carla.{new}")
+    from sb3_carla_td3.envs.carla_env import CarlaEnv
+
+    assert CarlaEnv is envs.CarlaEnv and CarlaEnv.__module__ == "sb3_carla_td3.envs.carla.env"

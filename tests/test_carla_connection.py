@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from sb3_carla_td3.envs.carla_config import CarlaConfig
-from sb3_carla_td3.envs.carla_connection import (
+from sb3_carla_td3.envs.carla.config import CarlaConfig
+from sb3_carla_td3.envs.carla.connection import (
     CARLA_INSTALL_HINT,
     CarlaNotInstalledError,
     import_carla,
@@ -43,7 +43,7 @@ def test_probe_of_a_closed_port_raises_with_host_port_and_server_command() -> No
 
 def test_env_on_a_closed_port_raises_connection_error_within_timeout_plus_one_second() -> None:
     pytest.importorskip("carla")
-    from sb3_carla_td3.envs.carla_env import CarlaEnv
+    from sb3_carla_td3.envs.carla.env import CarlaEnv
 
     config = CarlaConfig(host=HOST, port=closed_loopback_port(), timeout_s=2.0)
     start = time.monotonic()

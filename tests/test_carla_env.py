@@ -1,6 +1,6 @@
 """CarlaEnv against the in-process fake server: lifecycle, sensor sync, error paths, spaces, episode ends.
 
-The env code under test is the real one; only the server is faked (sb3_carla_td3.envs.carla_fake), on a real
+The env code under test is the real one; only the server is faked (sb3_carla_td3.envs.carla.fake), on a real
 ``carla.Map`` built offline from tests/data/mini_town.xodr.
 """
 
@@ -19,12 +19,12 @@ pytest.importorskip("carla")
 
 from gymnasium.utils.env_checker import check_env
 
-from sb3_carla_td3.envs import carla_env as carla_env_module
-from sb3_carla_td3.envs.carla_actors import EGO_ROLE, NPC_ROLE
-from sb3_carla_td3.envs.carla_config import CarlaConfig
-from sb3_carla_td3.envs.carla_env import CarlaEnv
-from sb3_carla_td3.envs.carla_fake import FakeCarlaServer
-from sb3_carla_td3.envs.carla_sensors import preprocess_image
+from sb3_carla_td3.envs.carla import env as carla_env_module
+from sb3_carla_td3.envs.carla.actors import EGO_ROLE, NPC_ROLE
+from sb3_carla_td3.envs.carla.config import CarlaConfig
+from sb3_carla_td3.envs.carla.env import CarlaEnv
+from sb3_carla_td3.envs.carla.fake import FakeCarlaServer
+from sb3_carla_td3.envs.carla.sensors import preprocess_image
 from sb3_carla_td3.errors import CarlaConnectionError
 
 XODR = (Path(__file__).parent / "data" / "mini_town.xodr").read_text()

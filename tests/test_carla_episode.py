@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from sb3_carla_td3.envs.carla_config import CarlaConfig, RewardConfig
-from sb3_carla_td3.envs.carla_episode import check_action, choose_npcs, end_reason
+from sb3_carla_td3.envs.carla.config import CarlaConfig, RewardConfig
+from sb3_carla_td3.envs.carla.episode import check_action, choose_npcs, end_reason
 
 CONFIG = CarlaConfig(max_episode_steps=100, stuck_seconds=1.0, fixed_delta_seconds=0.05, route_end_tolerance_m=2.0)
 SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)

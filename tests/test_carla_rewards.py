@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from sb3_carla_td3.envs import rewards
-from sb3_carla_td3.envs.carla_config import RewardConfig
-from sb3_carla_td3.envs.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
-from sb3_carla_td3.envs.routes import Route
+from sb3_carla_td3.envs.carla import rewards
+from sb3_carla_td3.envs.carla.config import RewardConfig
+from sb3_carla_td3.envs.carla.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
+from sb3_carla_td3.envs.carla.routes import Route
 
 TARGET = 8.0
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sb3_carla_td3.envs.routes import (
+from sb3_carla_td3.envs.carla.routes import (
     Route,
     RouteNotFoundError,
     RoutePlanner,

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sb3_carla_td3.envs.carla_config import CarlaConfig
-from sb3_carla_td3.envs.carla_server import CarlaServerSupervisor, _port_answers
+from sb3_carla_td3.envs.carla.config import CarlaConfig
+from sb3_carla_td3.envs.carla.server import CarlaServerSupervisor, _port_answers
 from sb3_carla_td3.errors import CarlaConnectionError, ConfigError
 
 LISTENER = Path(__file__).parent / "data" / "tcp_listener.py"
@@ -123,9 +123,9 @@ def test_server_config_errors_name_the_key_and_value(kwargs: dict, fragment: str
 
 def test_env_starts_restarts_and_stops_its_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("carla")
-    from sb3_carla_td3.envs import carla_env as carla_env_module
-    from sb3_carla_td3.envs.carla_env import CarlaEnv
-    from sb3_carla_td3.envs.carla_fake import FakeCarlaServer
+    from sb3_carla_td3.envs.carla import env as carla_env_module
+    from sb3_carla_td3.envs.carla.env import CarlaEnv
+    from sb3_carla_td3.envs.carla.fake import FakeCarlaServer
 
     fake = FakeCarlaServer((Path(__file__).parent / "data" / "mini_town.xodr").read_text())
     port = free_port()

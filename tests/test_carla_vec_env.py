@@ -18,8 +18,8 @@ import pytest
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_carla_td3.envs.carla_config import CarlaConfig
-from sb3_carla_td3.envs.carla_vec_env import (
+from sb3_carla_td3.envs.carla.config import CarlaConfig
+from sb3_carla_td3.envs.carla.vec_env import (
     RestartingSubprocVecEnv,
     TooManyWorkerRestartsError,
     WorkerRestartLogger,
@@ -98,8 +98,8 @@ def test_host_port_endpoints_are_checked_per_host() -> None:
 def test_subproc_vec_env_steps_with_fake_servers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Obs and infos cross the process boundary (no carla object in them), one env per port, Monitor logs written."""
     pytest.importorskip("carla")
-    from sb3_carla_td3.envs.carla_connection import CarlaBackend
-    from sb3_carla_td3.envs.carla_fake import FakeCarlaServer
+    from sb3_carla_td3.envs.carla.connection import CarlaBackend
+    from sb3_carla_td3.envs.carla.fake import FakeCarlaServer
 
     xodr = XODR.read_text()
     # Forked workers inherit the patch: each builds its own fake server instead of connecting.
@@ -231,8 +231,8 @@ class _StateReport(gym.Wrapper):
 
 
 def _faulty_carla_env(index: int, kill_at_ticks: tuple[int, ...], report_dir: Path) -> gym.Env:
-    from sb3_carla_td3.envs.carla_env import CarlaEnv
-    from sb3_carla_td3.envs.carla_fake import FakeCarlaServer
+    from sb3_carla_td3.envs.carla.env import CarlaEnv
+    from sb3_carla_td3.envs.carla.fake import FakeCarlaServer
 
     class DyingServer(FakeCarlaServer):
         """Dies at the given tick counts and is back after two refused connection attempts."""
@@ -307,7 +307,7 @@ def test_a_run_with_two_server_deaths_and_a_killed_worker_finishes_every_step(tm
 
 
 def test_repeat_newest_frame_continues_the_stack_and_leaves_vectors() -> None:
-    from sb3_carla_td3.envs.carla_sensors import repeat_newest_frame
+    from sb3_carla_td3.envs.carla.sensors import repeat_newest_frame
 
     image = np.arange(3 * 2 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)  # 3 frames of 2 channels
     obs = {"image": image, "vector": np.array([1.0, 2.0], np.float32)}

@@ -21,7 +21,7 @@ from sb3_carla_td3.noise import LinearDecayNormalNoise
 #: The environments a config's ``env.name`` can name, and the dataclass holding their options.
 ENV_CONFIG_CLASSES: dict[str, str] = {
     "carracing": "sb3_carla_td3.envs.carracing_config:CarRacingConfig",
-    "carla": "sb3_carla_td3.envs.carla_config:CarlaConfig",
+    "carla": "sb3_carla_td3.envs.carla.config:CarlaConfig",
 }
 
 

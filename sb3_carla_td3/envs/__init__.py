@@ -7,17 +7,39 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 from typing import Any
 
 import gymnasium as gym
 
 from sb3_carla_td3.config import env_options_class
-from sb3_carla_td3.envs.carla_config import CameraConfig, CarlaConfig, RewardConfig, RouteConfig
-from sb3_carla_td3.envs.carla_env import CarlaEnv
-from sb3_carla_td3.envs.carla_vec_env import make_carla_vec_env
+from sb3_carla_td3.envs.carla.config import CameraConfig, CarlaConfig, RewardConfig, RouteConfig
+from sb3_carla_td3.envs.carla.env import CarlaEnv
+from sb3_carla_td3.envs.carla.vec_env import make_carla_vec_env
 from sb3_carla_td3.envs.carracing import CarRacingConfig, CarRacingEnv
 
 ENV_NAMES = ("carracing", "carla")
+
+#: The CARLA modules lived beside the CarRacing env before they moved into ``envs/carla/``; their old import paths
+#: (``sb3_carla_td3.envs.carla_config``, ``...envs.routes``, ...) stay valid as aliases of the same module objects.
+_MOVED = {
+    "carla_actors": "actors",
+    "carla_api": "api",
+    "carla_config": "config",
+    "carla_connection": "connection",
+    "carla_env": "env",
+    "carla_episode": "episode",
+    "carla_fake": "fake",
+    "carla_fake_objects": "fake_objects",
+    "carla_sensors": "sensors",
+    "carla_server": "server",
+    "carla_vec_env": "vec_env",
+    "rewards": "rewards",
+    "routes": "routes",
+}
+for _old, _new in _MOVED.items():
+    sys.modules[f"{__name__}.{_old}"] = importlib.import_module(f"{__name__}.carla.{_new}")
 
 
 def make_env(name: str, config: Any = None, render_mode: str | None = None, **overrides: Any) -> gym.Env:

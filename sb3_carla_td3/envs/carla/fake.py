@@ -4,7 +4,7 @@
 Its map is a real ``carla.Map`` built offline from OpenDRIVE text, and the value types (``Location``,
 ``Transform``, ``VehicleControl``, ``WorldSettings``...) are the real ones; only what needs a server is faked
 (client, world, Traffic Manager, blueprints, actors, sensors with ``listen`` callbacks, batch commands; see
-:mod:`sb3_carla_td3.envs.carla_fake_objects`). Every fake stands for the real class named in its
+:mod:`sb3_carla_td3.envs.carla.fake_objects`). Every fake stands for the real class named in its
 ``carla_name`` and offers no public name that class lacks (``tests/test_carla_api.py`` checks this), so code
 that runs against the fake calls only real API.
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from sb3_carla_td3.envs.carla_connection import CarlaBackend, import_carla
-from sb3_carla_td3.envs.carla_fake_objects import (
+from sb3_carla_td3.envs.carla.connection import CarlaBackend, import_carla
+from sb3_carla_td3.envs.carla.fake_objects import (
     FakeActor,
     FakeActorBlueprint,
     FakeBlueprintLibrary,

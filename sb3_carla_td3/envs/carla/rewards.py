@@ -1,7 +1,7 @@
 """Reward terms of the CARLA env as pure functions of plain numbers (no ``carla`` import, no state).
 
 Each shaping function returns an unweighted value in a fixed range; :func:`compute_reward_terms` multiplies
-them by the weights and penalties of a :class:`~sb3_carla_td3.envs.carla_config.RewardConfig`, so nothing is
+them by the weights and penalties of a :class:`~sb3_carla_td3.envs.carla.config.RewardConfig`, so nothing is
 hard-coded here. The env's reward is the sum of the weighted terms, and ``info["reward_terms"]`` holds them.
 
 Progress pays per metre of arc length gained along the route (negative when driving backwards), never per
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sb3_carla_td3.envs.carla_config import RewardConfig
+from sb3_carla_td3.envs.carla.config import RewardConfig
 
 #: Keys of ``info["reward_terms"]``, in the order they are computed.
 REWARD_TERMS: tuple[str, ...] = (

@@ -14,9 +14,16 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from sb3_carla_td3.envs.carla_actors import SPAWN_LIFT_M, CarlaSpawnError, yaw_degrees
-from sb3_carla_td3.envs.carla_config import CameraConfig, CarlaConfig, RouteConfig
-from sb3_carla_td3.envs.routes import Route, RouteNotFoundError, RoutePlanner, RouteProjection, to_vehicle_frame, wrap_angle
+from sb3_carla_td3.envs.carla.actors import SPAWN_LIFT_M, CarlaSpawnError, yaw_degrees
+from sb3_carla_td3.envs.carla.config import CameraConfig, CarlaConfig, RouteConfig
+from sb3_carla_td3.envs.carla.routes import (
+    Route,
+    RouteNotFoundError,
+    RoutePlanner,
+    RouteProjection,
+    to_vehicle_frame,
+    wrap_angle,
+)
 
 #: Speed that maps to 1.0 in the observation vector, m/s.
 SPEED_SCALE_MPS = 30.0

@@ -1,4 +1,4 @@
-"""Typed configuration of :class:`~sb3_carla_td3.envs.carla_env.CarlaEnv` (the YAML ``env:`` section).
+"""Typed configuration of :class:`~sb3_carla_td3.envs.carla.env.CarlaEnv` (the YAML ``env:`` section).
 
 Every field has a default and a one-line ``help`` (with its unit) in its metadata. ``__post_init__`` checks
 types and ranges and raises :class:`~sb3_carla_td3.errors.ConfigError` naming the field, quoting the value and
@@ -152,7 +152,7 @@ class RouteConfig:
 
 @dataclass
 class RewardConfig:
-    """Weights and penalties of the reward terms in :mod:`sb3_carla_td3.envs.rewards` (nothing is hard-coded there)."""
+    """Weights and penalties of the reward terms in :mod:`sb3_carla_td3.envs.carla.rewards` (nothing is hard-coded there)."""
 
     _prefix: ClassVar[str] = "reward"
 
@@ -190,7 +190,7 @@ class RewardConfig:
 
 @dataclass
 class CarlaConfig:
-    """Everything :class:`~sb3_carla_td3.envs.carla_env.CarlaEnv` reads; build it directly, with
+    """Everything :class:`~sb3_carla_td3.envs.carla.env.CarlaEnv` reads; build it directly, with
     :meth:`from_dict`, or from the YAML ``env:`` section."""
 
     host: str = field(default="localhost", metadata=_help("CARLA server host name or IP"))

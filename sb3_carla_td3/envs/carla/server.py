@@ -1,6 +1,6 @@
 """Run a CARLA server for one env: start it, wait for its port, restart it after a crash, stop it on close.
 
-:class:`CarlaServerSupervisor` is used by :class:`~sb3_carla_td3.envs.carla_env.CarlaEnv` when
+:class:`CarlaServerSupervisor` is used by :class:`~sb3_carla_td3.envs.carla.env.CarlaEnv` when
 ``config.server_command`` is set (e.g. ``CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}``). The server's
 output goes to a log file, never to the training console. Only a plain TCP connect checks the port: no
 ``carla.Client`` is created here.

@@ -171,10 +171,10 @@ def connect_client(carla: ModuleType, host: str, port: int, timeout_s: float) ->
 
 @dataclass(frozen=True)
 class CarlaBackend:
-    """Where :class:`~sb3_carla_td3.envs.carla_env.CarlaEnv` gets ``carla`` from and how it connects.
+    """Where :class:`~sb3_carla_td3.envs.carla.env.CarlaEnv` gets ``carla`` from and how it connects.
 
     The default is the real package and :func:`connect_client`; tests pass the fake server of
-    :mod:`sb3_carla_td3.envs.carla_fake` so that the env's own lifecycle code runs without a server.
+    :mod:`sb3_carla_td3.envs.carla.fake` so that the env's own lifecycle code runs without a server.
 
     :param carla: the ``carla`` module, or an object with the same names.
     :param connect: ``connect(host, port, timeout_s)`` returning a client.

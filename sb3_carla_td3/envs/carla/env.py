@@ -12,16 +12,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sb3_carla_td3.envs.carla_actors import (
+from sb3_carla_td3.envs.carla.actors import (
     ActorLifecycle,
     CarlaSpawnError,
     four_wheeled_blueprints,
     spawn_transforms,
     sweep_stale_actors,
 )
-from sb3_carla_td3.envs.carla_config import CarlaConfig
-from sb3_carla_td3.envs.carla_connection import CarlaBackend
-from sb3_carla_td3.envs.carla_episode import (
+from sb3_carla_td3.envs.carla.config import CarlaConfig
+from sb3_carla_td3.envs.carla.connection import CarlaBackend
+from sb3_carla_td3.envs.carla.episode import (
     VECTOR_BOUND,
     check_action,
     choose_npcs,
@@ -32,7 +32,9 @@ from sb3_carla_td3.envs.carla_episode import (
     random_route,
     sensor_specs,
 )
-from sb3_carla_td3.envs.carla_sensors import (
+from sb3_carla_td3.envs.carla.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
+from sb3_carla_td3.envs.carla.routes import Route, RoutePlanner, load_waypoint_file, wrap_angle
+from sb3_carla_td3.envs.carla.sensors import (
     FrameStack,
     SensorFrameError,
     SensorReadings,
@@ -41,9 +43,7 @@ from sb3_carla_td3.envs.carla_sensors import (
     preprocess_image,
     repeat_newest_frame,
 )
-from sb3_carla_td3.envs.carla_server import CarlaServerSupervisor
-from sb3_carla_td3.envs.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
-from sb3_carla_td3.envs.routes import Route, RoutePlanner, load_waypoint_file, wrap_angle
+from sb3_carla_td3.envs.carla.server import CarlaServerSupervisor
 from sb3_carla_td3.errors import CarlaConnectionError
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
       route end repeat the end point, never zeros.
 
     ## Rewards
-    The sum of the weighted terms of :func:`~sb3_carla_td3.envs.rewards.compute_reward_terms`, each reported in
+    The sum of the weighted terms of :func:`~sb3_carla_td3.envs.carla.rewards.compute_reward_terms`, each reported in
     ``info["reward_terms"]``: efficiency (speed along the route vs target, [-1, 1]), lane keeping ([-1, 0]),
     comfort (action change, [-1, 0]), safety (lane invasion, wrong way, [-2, 0]), progress (metres of route arc
     length gained), collision (``-collision_penalty``) and off-road (``-off_road_penalty``). Example with the

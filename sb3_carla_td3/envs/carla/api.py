@@ -2,7 +2,7 @@
 
 ``tests/test_carla_api.py`` resolves every name below on the installed ``carla`` package, so a typo or an
 API removed in a new CARLA release fails a test instead of a training run. It also checks that each fake of
-:mod:`sb3_carla_td3.envs.carla_fake` only offers names the real class has, and that every ``carla.X``
+:mod:`sb3_carla_td3.envs.carla.fake` only offers names the real class has, and that every ``carla.X``
 the env modules spell out is listed here.
 """
 

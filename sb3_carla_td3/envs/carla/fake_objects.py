@@ -3,7 +3,7 @@
 Each class stands for the real class named in ``carla_name`` and offers no public name that class lacks;
 state and helpers the fake server needs are private (leading underscore). Methods take the arguments of, and
 behave like, the real methods of the same name (see the CARLA 0.9.16 Python API reference), so they are not
-documented again here. The server that owns them is :class:`sb3_carla_td3.envs.carla_fake.FakeCarlaServer`.
+documented again here. The server that owns them is :class:`sb3_carla_td3.envs.carla.fake.FakeCarlaServer`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class _Fake:
 class _ServerBound(_Fake):
     """A fake tied to one connection: its public calls raise libcarla's time-out once its server died or restarted.
 
-    :meth:`~sb3_carla_td3.envs.carla_fake.FakeCarlaServer.kill` and
-    :meth:`~sb3_carla_td3.envs.carla_fake.FakeCarlaServer.restart` drive this.
+    :meth:`~sb3_carla_td3.envs.carla.fake.FakeCarlaServer.kill` and
+    :meth:`~sb3_carla_td3.envs.carla.fake.FakeCarlaServer.restart` drive this.
     """
 
     def __init__(self, server: Any) -> None:

@@ -30,8 +30,8 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.subproc_vec_env import _stack_obs, _worker
 
-from sb3_carla_td3.envs.carla_config import SERVER_PORT_SPAN, CarlaConfig, server_ports
-from sb3_carla_td3.envs.carla_sensors import repeat_newest_frame
+from sb3_carla_td3.envs.carla.config import SERVER_PORT_SPAN, CarlaConfig, server_ports
+from sb3_carla_td3.envs.carla.sensors import repeat_newest_frame
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def carla_env_configs(ports: Sequence[Endpoint], config: CarlaConfig | None = No
 
 
 def _make_monitored_carla_env(config: CarlaConfig, monitor_file: str | None) -> gym.Env:
-    from sb3_carla_td3.envs.carla_env import CarlaEnv  # in the worker process; imports carla lazily
+    from sb3_carla_td3.envs.carla.env import CarlaEnv  # in the worker process; imports carla lazily
 
     return Monitor(CarlaEnv(config), filename=monitor_file, info_keywords=("reason",))
 
@@ -141,7 +141,7 @@ def _make_monitored_carla_env(config: CarlaConfig, monitor_file: str | None) -> 
 def carla_env_fns(
     ports: Sequence[Endpoint], config: CarlaConfig | None = None, monitor_dir: str | None = None
 ) -> list[Callable[[], gym.Env]]:
-    """Picklable factories of Monitor-wrapped :class:`~sb3_carla_td3.envs.carla_env.CarlaEnv`, one per port.
+    """Picklable factories of Monitor-wrapped :class:`~sb3_carla_td3.envs.carla.env.CarlaEnv`, one per port.
 
     :param ports: see :func:`carla_env_configs`.
     :param config: see :func:`carla_env_configs`.
@@ -236,7 +236,7 @@ class RestartingSubprocVecEnv(SubprocVecEnv):
     The restarted worker's env is reset and its step reported as the end of a truncated episode: ``done`` True,
     reward 0, ``info["reason"] == "worker_restarted"``, ``info["TimeLimit.truncated"]`` True,
     ``info["terminal_observation"]`` the last observation the parent saw from that env with its newest camera frame
-    repeated (:func:`~sb3_carla_td3.envs.carla_sensors.repeat_newest_frame`), ``info["worker_error"]``
+    repeated (:func:`~sb3_carla_td3.envs.carla.sensors.repeat_newest_frame`), ``info["worker_error"]``
     what happened and ``info["worker_restarts"]`` the running count (also :attr:`worker_restarts`; log it with
     :class:`WorkerRestartLogger`).
 
