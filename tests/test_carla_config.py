@@ -156,7 +156,8 @@ def test_the_carla_modules_old_import_paths_still_work():
 
     assert len(envs._MOVED) == 13
     for old, new in envs._MOVED.items():
-        assert importlib.import_module(f"sb3_carla_td3.envs.{old}") is importlib.import_module(f"sb3_carla_td3.envs.carla.{new}")
+        moved = importlib.import_module(f"sb3_carla_td3.envs.carla.{new}")
+        assert importlib.import_module(f"sb3_carla_td3.envs.{old}") is moved
     from sb3_carla_td3.envs.carla_env import CarlaEnv
 
     assert CarlaEnv is envs.CarlaEnv and CarlaEnv.__module__ == "sb3_carla_td3.envs.carla.env"
