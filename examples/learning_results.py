@@ -61,6 +61,8 @@ SETS: dict[str, list[Run]] = {
     "camera_ablation": [(RECIPE, CAMERA, {}, 0)] + [(label, CAMERA, o, 0) for label, o in WITHOUT.items()],
     "pixels": [(RECIPE, PIXELS, {}, seed) for seed in (0, 1, 2)],
 }
+#: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
+SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 
 
 def run_name(label: str, file: str, seed: int) -> str:
@@ -218,7 +220,7 @@ def set_table(name: str, out: Path) -> str:
             f"| {summary['timesteps'] / summary['seconds']:.1f} "
             f"| {report['verdict']} |"
         )
-    if len(lasts) > 1:
+    if len(lasts) > 1 and len({label for label, *_ in SETS[name]}) == 1:  # seeds of one recipe, not a comparison
         mean, std = statistics.mean(lasts), statistics.pstdev(lasts)
         lines.append(f"| **mean over runs** | | | | | **{mean:.1f} ± {std:.1f}** | | | |")
     return "\n".join(lines)
