@@ -27,8 +27,9 @@ from sb3_carla_td3.config.sections import (
 from sb3_carla_td3.errors import ConfigError
 
 
-def _closest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+def did_you_mean(key: str, valid: Sequence[str]) -> str:
+    """:return: ``"; did you mean 'X'?"`` naming the valid key closest to ``key``, or "" when there is none"""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
@@ -98,7 +99,7 @@ def build_dataclass(cls: type, data: Mapping[str, Any], where: str) -> Any:
     for key, value in data.items():
         name = aliases.get(key, key)
         if name not in valid:
-            raise ConfigError(f"{where}: unknown key {key!r}{_closest(str(key), valid + list(aliases))}")
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), valid + list(aliases))}")
         if name in kwargs:
             raise ConfigError(f"{where}: {key!r} and its alias both set {name!r}; keep one")
         kwargs[name] = _coerce(value, hints[name], f"{where}.{key}")
@@ -123,7 +124,7 @@ def config_from_dict(data: Mapping[str, Any] | None, source: str = "<dict>") -> 
     sections: dict[str, Any] = {}
     for key, value in data.items():
         if key not in valid:
-            raise ConfigError(f"{source}: unknown section {key!r}{_closest(str(key), valid)}")
+            raise ConfigError(f"{source}: unknown section {key!r}{did_you_mean(str(key), valid)}")
         if value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"{source}: section {key!r} must be a mapping, got {value!r}")
     env_data = dict(data.get("env") or {})

@@ -4,7 +4,6 @@ the base run config when it is loaded (see :mod:`sb3_carla_td3.tuning` for the f
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import warnings
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sb3_carla_td3.config import RunConfig, apply_overrides, config_from_dict
+from sb3_carla_td3.config.loading import did_you_mean
 from sb3_carla_td3.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,10 +29,6 @@ PARAM_SECTIONS = ("td3", "encoder", "env", "monitor")
 #: ``run`` keys the ``budget`` section may set on every trial.
 BUDGET_KEYS = ("total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "device", "seed")
 
-
-def _closest(key: str, valid: Sequence[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
-    return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def _number(value: Any, where: str, integer: bool = False) -> float:
@@ -53,7 +49,7 @@ def _number(value: Any, where: str, integer: bool = False) -> float:
 def _check_keys(data: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
     for key in data:
         if key not in valid:
-            raise ConfigError(f"{where}: unknown key {key!r}{_closest(str(key), valid)}; allowed: {', '.join(valid)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), valid)}; allowed: {', '.join(valid)}")
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
