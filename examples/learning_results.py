@@ -42,6 +42,8 @@ WITHOUT: dict[str, dict[str, dict[str, Any]]] = {
     "- preact penalty": {"td3": {"preact_penalty": 0.0}},
     "none of the three": {"env": {"max_brake": 1.0, "stuck_penalty": 0.0}, "td3": {"preact_penalty": 0.0}},
 }
+#: The camera's own ingredient, on top of :data:`WITHOUT`: DrQ-v2's bounded feature trunk after the CNN.
+CAMERA_WITHOUT = WITHOUT | {"- feature trunk": {"encoder": {"trunk": None}}}
 #: The robustness grid of bar 0: learning rate x exploration noise at batch 256, seed 0 (the recipe: lr 1e-3, 0.1).
 GRID = [(lr, noise) for lr in (3e-4, 1e-3) for noise in (0.1, 0.2, 0.3)]
 
@@ -58,7 +60,7 @@ SETS: dict[str, list[Run]] = {
     "vector_ablation": [(RECIPE, VECTOR, {}, 0)] + [(label, VECTOR, o, 0) for label, o in WITHOUT.items()],
     "camera": [(RECIPE, CAMERA, {}, seed) for seed in (0, 1, 2)],
     "camera_baselines": [(f"SB3 {algo}", CAMERA, {"baseline": {"algorithm": algo}}, 0) for algo in ("TD3", "SAC")],
-    "camera_ablation": [(RECIPE, CAMERA, {}, 0)] + [(label, CAMERA, o, 0) for label, o in WITHOUT.items()],
+    "camera_ablation": [(RECIPE, CAMERA, {}, 0)] + [(label, CAMERA, o, 0) for label, o in CAMERA_WITHOUT.items()],
     "pixels": [(RECIPE, PIXELS, {}, seed) for seed in (0, 1, 2)],
 }
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
@@ -195,8 +197,12 @@ def run(sets: list[str], out: Path, jobs: int, timesteps: int | None, reverse: b
             print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {line}", flush=True)
 
 
-def set_table(name: str, out: Path) -> str:
-    """One row per run of a set: last and best evaluation, frames, steps/s, saturation and episode ends."""
+def set_table(name: str, out: Path, frames: int | None = None) -> str:
+    """One row per run of a set: last and best evaluation, frames, steps/s and verdict.
+
+    :param frames: read each run up to this many physics frames (its last evaluation at or below), so that runs of
+        different lengths (an ablation at a shorter budget, a run still going) are compared at the same point
+    """
     lines = [
         "| run | lr | noise | seed | physics frames | last eval (mean ± std, episodes) | best eval | env steps/s | verdict |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -204,21 +210,23 @@ def set_table(name: str, out: Path) -> str:
     lasts = []
     for label, file, _, seed in SETS[name]:
         run_dir = out / run_name(label, file, seed)
-        evaluations = _evaluations(run_dir)
-        if not evaluations or not (run_dir / "report.json").is_file():
+        evaluations = [e for e in _evaluations(run_dir) if frames is None or e["physics_frames"] <= frames]
+        if not evaluations:
             lines.append(f"| {label} | | | {seed} | not run | | | | |")
             continue
-        report = json.loads((run_dir / "report.json").read_text())
         td3 = _load_yaml(run_dir / "config.yaml")["td3"]
-        summary = report["data"]["summary"]
         last = evaluations[-1]
         lasts.append(last["mean_return"])
         best = max(e["mean_return"] for e in evaluations)
+        speed, verdict = "", "stopped (no report yet)"
+        if (run_dir / "report.json").is_file():
+            report = json.loads((run_dir / "report.json").read_text())
+            summary = report["data"]["summary"]
+            speed, verdict = f"{summary['timesteps'] / summary['seconds']:.1f}", report["verdict"]
         lines.append(
             f"| {label} | {td3['learning_rate']:g} | {td3['exploration_noise']:g} | {seed} | {last['physics_frames']:,} "
             f"| {last['mean_return']:.1f} ± {last['std_return']:.1f} ({len(last['returns'])}) | {best:.1f} "
-            f"| {summary['timesteps'] / summary['seconds']:.1f} "
-            f"| {report['verdict']} |"
+            f"| {speed} | {verdict} |"
         )
     if len(lasts) > 1 and len({label for label, *_ in SETS[name]}) == 1:  # seeds of one recipe, not a comparison
         mean, std = statistics.mean(lasts), statistics.pstdev(lasts)
@@ -245,9 +253,14 @@ def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
         n = min(len(r) for r in runs)
         frames = np.array([e["physics_frames"] for e in runs[0][:n]])
         means = np.array([[e["mean_return"] for e in r[:n]] for r in runs])
-        ax.plot(frames, means.mean(axis=0), lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        (line,) = ax.plot(frames, means.mean(axis=0), lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
             ax.fill_between(frames, means.min(axis=0), means.max(axis=0), alpha=0.2)
+            for r in runs:  # a seed that ran further than the others: its own thin line past the band
+                if len(r) > n:
+                    tail = r[n - 1 :]
+                    ax.plot([e["physics_frames"] for e in tail], [e["mean_return"] for e in tail], lw=0.8, ls="--",
+                            color=line.get_color())  # fmt: skip
     ax.set(title=f"{name}: deterministic evaluation return", xlabel="physics frames", ylabel="mean return")
     ax.legend(fontsize=7)
     docs.mkdir(parents=True, exist_ok=True)
@@ -258,11 +271,11 @@ def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
     return path
 
 
-def summarize(out: Path, docs: Path) -> None:
-    """Print each set's table and draw its curves."""
-    for name in SETS:
-        if any((out / run_name(label, file, seed) / "report.json").is_file() for label, file, _, seed in SETS[name]):
-            print(f"## {name}\n\n{set_table(name, out)}\n")
+def summarize(out: Path, docs: Path, frames: int | None = None, sets: list[str] | None = None) -> None:
+    """Print each set's table (up to ``frames`` physics frames, see :func:`set_table`) and draw its curves."""
+    for name in sets or SETS:
+        if any(_evaluations(out / run_name(label, file, seed)) for label, file, _, seed in SETS[name]):
+            print(f"## {name}{f' (up to {frames:,} physics frames)' if frames else ''}\n\n{set_table(name, out, frames)}\n")
             figure = draw_curves(name, out, docs)
             if figure is not None:
                 print(f"wrote {figure}\n")
@@ -280,11 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     summary_parser = sub.add_parser("summarize", help="print the tables and draw the curves")
     summary_parser.add_argument("--out", type=Path, default=Path("runs/learning"))
     summary_parser.add_argument("--docs", type=Path, default=Path("docs/learning"))
+    summary_parser.add_argument("--frames", type=int, default=None, help="read every run up to this many frames")
+    summary_parser.add_argument("sets", nargs="*", choices=[*sorted(SETS), []], help="default: every set")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args.sets, args.out, args.jobs, args.timesteps, args.reverse)
     else:
-        summarize(args.out, args.docs)
+        summarize(args.out, args.docs, args.frames, args.sets)
     return 0
 
 
