@@ -26,7 +26,7 @@ from benchmarks._report import machine_line, markdown_table, write_section
 from sb3_carla_td3 import TD3CNN, CnnGruExtractor
 
 
-def build(kind: str, encoder: str, size: int, batch: int, device: str, amp: bool = False) -> Any:
+def build(kind: str, encoder: str, size: int, batch: int, device: str) -> Any:
     """A model of ``kind`` ("sb3", "td3cnn", "td3cnn-shared") whose replay buffer holds ``2 * batch`` transitions."""
     # A real 4-frame stack of single-channel frames, so replay samples are shifted (obs, next_obs) pairs.
     env = VecFrameStack(
