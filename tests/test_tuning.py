@@ -265,7 +265,7 @@ def postgres_url() -> Iterator[str]:
         with connection.cursor() as cursor:
             cursor.execute("CREATE DATABASE optuna_test")
         connection.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna_test"
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna_test"  # the docs' form: the driver is not named
     finally:
         subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
@@ -349,6 +349,33 @@ def test_a_worker_killed_mid_trial_leaves_no_running_trial_and_the_study_complet
     assert main(["tune-report", str(study_dir)]) == 0
     text = (study_dir / "report.md").read_text()
     assert f"| {running.number} | no heartbeat for" in text and f"| {retry.number} |" in text
+
+
+def test_a_bare_postgresql_url_names_an_installed_driver(monkeypatch):
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg (3); the tune extra installs psycopg2: name it.
+    import importlib.util
+
+    from sb3_carla_td3.tuning import storage
+
+    installed = {"psycopg2"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    assert storage.with_driver("postgresql://u:pw@db:5432/s") == "postgresql+psycopg2://u:pw@db:5432/s"
+    assert storage.with_driver("postgres://db/s") == "postgresql+psycopg2://db/s"
+    assert storage.with_driver("postgresql+psycopg://db/s") == "postgresql+psycopg://db/s"  # named: kept
+    assert storage.with_driver("sqlite:///x.db") == "sqlite:///x.db"
+    installed = {"psycopg"}
+    assert storage.with_driver("postgresql://db/s") == "postgresql+psycopg://db/s"
+    installed = set()
+    with pytest.raises(ConfigError, match=r"--storage postgresql://u:\*\*\*@db/s: no PostgreSQL driver .*\[tune\]"):
+        storage.with_driver("postgresql://u:pw@db/s")
+
+
+def test_a_storage_without_its_driver_is_a_config_error_at_once_with_the_password_masked(monkeypatch):
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)  # import MySQLdb raises ImportError
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"--storage mysql://u:\*\*\*@127.0.0.1:1/db: its database driver is not installed"):
+        make_storage("mysql://u:secret@127.0.0.1:1/db")
+    assert time.perf_counter() - started < 2.0, "a missing driver is not a race to retry"
 
 
 def test_parser_documents_the_tune_flags():

@@ -30,7 +30,6 @@ PARAM_SECTIONS = ("td3", "encoder", "env", "monitor")
 BUDGET_KEYS = ("total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "device", "seed")
 
 
-
 def _number(value: Any, where: str, integer: bool = False) -> float:
     """A YAML number (``1e-3`` read by PyYAML as a string included); ConfigError naming ``where`` otherwise."""
     if isinstance(value, str) and not integer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sb3_carla_td3.errors import ConfigError
 from sb3_carla_td3.tuning.space import FailureSettings
 
 if TYPE_CHECKING:
@@ -28,10 +30,15 @@ def _mask(url: str) -> str:
 
 
 def _retrying(make: Callable[[], Any], attempts: int = 6) -> Any:
-    """Call ``make`` again after a short pause when it fails (workers racing to create the same tables or study)."""
+    """Call ``make`` again after a short pause when it fails (workers racing to create the same tables or study).
+
+    A missing database driver (``ImportError``) is not a race: it is raised at once.
+    """
     for attempt in range(attempts):
         try:
             return make()
+        except ImportError:
+            raise
         except Exception:  # sqlalchemy's errors differ by driver; the last attempt raises
             if attempt == attempts - 1:
                 raise
@@ -44,12 +51,42 @@ def storage_url(storage: str | None, study_dir: Path) -> str:
     return storage if storage else f"sqlite:///{(study_dir / 'study.db').resolve()}"
 
 
+#: PostgreSQL drivers SQLAlchemy knows, in order of preference: the ``[tune]`` extra installs psycopg2-binary.
+POSTGRES_DRIVERS = ("psycopg2", "psycopg")
+
+
+def with_driver(url: str) -> str:
+    """``url`` with its PostgreSQL driver named, e.g. ``postgresql+psycopg2://...`` for ``postgresql://...``.
+
+    SQLAlchemy picks the driver of a bare ``postgresql://`` URL itself, and 2.1 changed that choice from psycopg2 to
+    psycopg (3): the same URL then fails on a machine with only the other one installed. This names an installed
+    driver instead. ``postgres://`` (Heroku's spelling, refused by SQLAlchemy) is read as ``postgresql://``; URLs
+    that already name a driver, and every other scheme, are returned unchanged.
+
+    :param url: a storage URL
+    :return: the URL SQLAlchemy is given
+    :raises ConfigError: a PostgreSQL URL on a machine with no PostgreSQL driver
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for driver in POSTGRES_DRIVERS:
+        if importlib.util.find_spec(driver) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise ConfigError(
+        f"--storage {_mask(url)}: no PostgreSQL driver is installed ({' or '.join(POSTGRES_DRIVERS)}); "
+        "pip install -e '.[tune]' installs psycopg2-binary"
+    )
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL.
 
     :param url: ``journal:PATH`` (or a path ending in ``.log``/``.journal``): a journal file, for a shared
-        filesystem; ``sqlite:///PATH``; ``postgresql://USER@HOST:PORT/DB`` or any SQLAlchemy URL Optuna accepts
+        filesystem; ``sqlite:///PATH``; ``postgresql://USER@HOST:PORT/DB`` (the driver: see :func:`with_driver`) or
+        any SQLAlchemy URL Optuna accepts
     :return: the storage
+    :raises ConfigError: when the URL's database driver is not installed
     """
     import optuna
     from optuna.storages.journal import JournalFileBackend
@@ -60,7 +97,12 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return _retrying(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
+    engine_url = with_driver(url)
+    try:
+        return _retrying(lambda: optuna.storages.RDBStorage(engine_url, engine_kwargs=kwargs))
+    except ImportError as error:  # optuna's message names no URL and no package
+        cause = f"{error.__cause__}" if error.__cause__ else f"{error}"
+        raise ConfigError(f"--storage {_mask(url)}: its database driver is not installed ({cause})") from error
 
 
 def _open_study(
