@@ -179,6 +179,12 @@ def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
     return load_evaluations(run_dir)
 
 
+def _completed(run_dir: Path) -> bool:
+    """:return: whether the run finished its budget (an interrupted run has a report too, and is resumed)"""
+    report = run_dir / "report.json"
+    return report.is_file() and json.loads(report.read_text())["data"]["summary"].get("status") == "completed"
+
+
 def run(sets: list[str], out: Path, jobs: int, timesteps: int | None, reverse: bool = False) -> None:
     """Train the missing runs of ``sets``, ``jobs`` at a time (last first with ``reverse``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +192,7 @@ def run(sets: list[str], out: Path, jobs: int, timesteps: int | None, reverse: b
     for name in sets:
         for label, file, overrides, seed in SETS[name]:
             run_dir = out / run_name(label, file, seed)
-            if not (run_dir / "report.json").is_file() and str(run_dir) not in [t[4] for t in todo]:
+            if not _completed(run_dir) and str(run_dir) not in [t[4] for t in todo]:
                 todo.append((label, file, overrides, seed, str(run_dir), timesteps))
     if reverse:
         todo.reverse()
