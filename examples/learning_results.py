@@ -63,6 +63,9 @@ SETS: dict[str, list[Run]] = {
     "camera_ablation": [(RECIPE, CAMERA, {}, 0)] + [(label, CAMERA, o, 0) for label, o in CAMERA_WITHOUT.items()],
     "pixels": [(RECIPE, PIXELS, {}, seed) for seed in (0, 1, 2)],
 }
+#: Pixels with DrQ-v2's decaying exploration noise (0.3 -> 0.1 over the first 20K steps) instead of a constant 0.1.
+NOISE_SCHEDULE = {"td3": {"exploration_noise": 0.3, "exploration_noise_final": 0.1, "exploration_noise_decay_steps": 20000}}
+SETS["pixels_noise_schedule"] = [("noise 0.3 to 0.1", PIXELS, NOISE_SCHEDULE, seed) for seed in (2, 1, 0)]
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
 SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 
