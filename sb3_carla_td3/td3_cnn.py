@@ -385,6 +385,8 @@ class TD3CNN(TD3):
                 saturated = (policy_actions.detach().abs() > SATURATED).float().mean()
                 actor_q_stats = {"actor_q_mean": actor_q.mean(), "actor_saturation": saturated}
                 actor_q_stats["actor_preact_sq"] = preact_sq.detach()
+                # An actor that acts alike on every observation is blind (a dead encoder): the spread makes it visible.
+                actor_q_stats["actor_action_std"] = policy_actions.detach().std(dim=0, correction=0).max()
                 actor_updates.append(self._optimizer_step(self._actor_params, actor_loss, self.actor_grad_clip, actor_q_stats))
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
                 polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)

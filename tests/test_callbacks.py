@@ -19,6 +19,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_carla_td3.callbacks import (
     ActionSaturationCallback,
+    ActorVariationCallback,
     EpisodeCollapseCallback,
     GradientNormCallback,
     QValueCallback,
@@ -234,6 +235,7 @@ def test_no_false_alarm_on_healthy_td3_pendulum() -> None:
         q_values=QValueCallback(check_freq=20, stop_on_divergence=True),
         episodes=EpisodeCollapseCallback(window=2, baseline_episodes=2, patience=1, stop_on_collapse=True),
         saturation=ActionSaturationCallback(check_freq=20, patience=3, stop_on_saturation=True),
+        variation=ActorVariationCallback(warmup_steps=0, check_freq=20, patience=3, stop_on_blind=True),
     )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -255,6 +257,7 @@ def test_verdict_without_training_reports_missing_data() -> None:
         "reward_trend",
         "episode_length",
         "actor_saturation",
+        "actor_variation",
     ]
     assert all(v.passed is None and v.value is None for v in verdicts.values())
     assert "N/A" in health.summary()

@@ -7,7 +7,7 @@ import torch as th
 from conftest import make_model
 from stable_baselines3 import TD3
 
-from sb3_carla_td3.callbacks import ActionSaturationCallback, TrainingHealthCallback
+from sb3_carla_td3.callbacks import ActionSaturationCallback, ActorVariationCallback, TrainingHealthCallback
 from sb3_carla_td3.health import TrainingHealthWarning
 from sb3_carla_td3.saturation import saturation_fraction
 
@@ -81,9 +81,10 @@ def test_health_checks_leave_a_seeded_run_unchanged():
     plain = _pendulum_td3()
     plain.learn(150)
     checked = _pendulum_td3()
-    health = TrainingHealthCallback(check_freq=10)
+    health = TrainingHealthCallback(check_freq=10, variation=ActorVariationCallback(warmup_steps=0, check_freq=10))
     checked.learn(150, callback=health)
     assert health.saturation.latest is not None and health.q_values.last_sample is not None  # the checks did run
+    assert health.variation.latest is not None
     for name, weight in plain.policy.state_dict().items():
         assert th.equal(weight, checked.policy.state_dict()[name]), name
 

@@ -6,10 +6,12 @@ measure by themselves (see :mod:`sb3_carla_td3.health`). SB3 runs ``train()`` af
 callbacks: its effects show at the next ``_on_step``, and those of the last call at ``_on_training_end``.
 
 One module per signal: :mod:`~sb3_carla_td3.callbacks.gradient_norm`, :mod:`~sb3_carla_td3.callbacks.q_value`,
-:mod:`~sb3_carla_td3.callbacks.episode_collapse`, :mod:`~sb3_carla_td3.callbacks.reward_trend` (and
-:mod:`sb3_carla_td3.saturation` for the actor), bundled by :mod:`~sb3_carla_td3.callbacks.training_health`.
+:mod:`~sb3_carla_td3.callbacks.episode_collapse`, :mod:`~sb3_carla_td3.callbacks.reward_trend`,
+:mod:`~sb3_carla_td3.callbacks.actor_variation` (and :mod:`sb3_carla_td3.saturation` for the actor), bundled by
+:mod:`~sb3_carla_td3.callbacks.training_health`.
 """
 
+from sb3_carla_td3.callbacks.actor_variation import ActorVariationCallback
 from sb3_carla_td3.callbacks.episode_collapse import EpisodeCollapseCallback
 from sb3_carla_td3.callbacks.gradient_norm import GradientNormCallback
 from sb3_carla_td3.callbacks.q_value import QValueCallback
@@ -20,6 +22,7 @@ from sb3_carla_td3.saturation import ActionSaturationCallback
 
 __all__ = [
     "ActionSaturationCallback",
+    "ActorVariationCallback",
     "EpisodeCollapseCallback",
     "GradientNormCallback",
     "QValueCallback",

@@ -6,6 +6,7 @@ from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
+from sb3_carla_td3.callbacks.actor_variation import ActorVariationCallback
 from sb3_carla_td3.callbacks.episode_collapse import EpisodeCollapseCallback
 from sb3_carla_td3.callbacks.gradient_norm import GradientNormCallback
 from sb3_carla_td3.callbacks.q_value import QValueCallback
@@ -30,15 +31,16 @@ class TrainingHealthCallback(CallbackList):
     """All health checks in one callback for ``model.learn(callback=...)``, with a final :meth:`verdict`.
 
     Runs a :class:`GradientNormCallback`, a :class:`QValueCallback`, an :class:`EpisodeCollapseCallback`, a
-    :class:`RewardTrendCallback` and an :class:`ActionSaturationCallback`, and stops training when one of them
-    does (only those built with a stop option).
+    :class:`RewardTrendCallback`, an :class:`ActionSaturationCallback` and an :class:`ActorVariationCallback`, and stops
+    training when one of them does (only those built with a stop option).
 
     :param gradients: the gradient-norm check; None: ``GradientNormCallback()``
     :param q_values: the Q-value check; None: ``QValueCallback()``
     :param episodes: the episode-length check; None: ``EpisodeCollapseCallback()``
     :param rewards: the return-trend check; None: ``RewardTrendCallback()``
     :param saturation: the actor-saturation check; None: ``ActionSaturationCallback()``
-    :param check_freq: env steps between the Q-value and saturation checks that this callback builds itself (those
+    :param variation: the blind-actor check; None: ``ActorVariationCallback()``
+    :param check_freq: env steps between the Q-value, saturation and blind-actor checks that this callback builds itself (those
         left None above); None: their defaults (1,000)
     """
 
@@ -50,6 +52,7 @@ class TrainingHealthCallback(CallbackList):
         rewards: RewardTrendCallback | None = None,
         saturation: ActionSaturationCallback | None = None,
         check_freq: int | None = None,
+        variation: ActorVariationCallback | None = None,
     ) -> None:
         self.gradients = GradientNormCallback() if gradients is None else gradients
         every = QValueCallback().check_freq if check_freq is None else check_freq
@@ -57,7 +60,8 @@ class TrainingHealthCallback(CallbackList):
         self.episodes = EpisodeCollapseCallback() if episodes is None else episodes
         self.rewards = RewardTrendCallback() if rewards is None else rewards
         self.saturation = ActionSaturationCallback(check_freq=every) if saturation is None else saturation
-        super().__init__([self.gradients, self.q_values, self.episodes, self.rewards, self.saturation])
+        self.variation = ActorVariationCallback(check_freq=every) if variation is None else variation
+        super().__init__([self.gradients, self.q_values, self.episodes, self.rewards, self.saturation, self.variation])
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """What the checks have measured so far (alarms, peaks, baselines, windows), for a checkpoint.
@@ -84,19 +88,21 @@ class TrainingHealthCallback(CallbackList):
             "episodes": self.episodes,
             "rewards": self.rewards,
             "saturation": self.saturation,
+            "variation": self.variation,
         }
 
     def verdict(self) -> dict[str, HealthVerdict]:
         """Judge every criterion on what was measured so far.
 
         :return: verdicts keyed ``"actor_grad_clip"``, ``"critic_grad_clip"``, ``"q_bound"``, ``"reward_trend"``,
-            ``"episode_length"``, ``"actor_saturation"``
+            ``"episode_length"``, ``"actor_saturation"``, ``"actor_variation"``
         """
         return self.gradients.verdicts() | {
             "q_bound": self.q_values.verdict(),
             "reward_trend": self.rewards.verdict(),
             "episode_length": self.episodes.verdict(),
             "actor_saturation": self.saturation.verdict(),
+            "actor_variation": self.variation.verdict(),
         }
 
     def summary(self) -> str:

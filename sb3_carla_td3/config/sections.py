@@ -239,6 +239,14 @@ class MonitorConfig:
     """...for this many consecutive checks (TD3CNN: actor updates)."""
     stop_on_saturation: bool = False
     """Stop training (after a checkpoint) when the actor stays saturated."""
+    variation_min_std: float = 0.01
+    """Blind actor: its actions' spread over a replay batch (largest per-dimension std) below this counts as blind..."""
+    variation_patience: int = 100
+    """...for this many consecutive checks (TD3CNN: actor updates)..."""
+    variation_warmup_steps: int = 5000
+    """...checked from this many env steps after learning_starts (a fresh actor is nearly blind)."""
+    stop_on_blind: bool = False
+    """Stop training (after a checkpoint) when the actor stays blind."""
 
     def __post_init__(self) -> None:
         _check(self.q_bound_margin >= 1, "q_bound_margin", self.q_bound_margin, ">= 1")
@@ -254,6 +262,9 @@ class MonitorConfig:
         fraction = self.saturation_max_fraction
         _check(0 < fraction <= 1, "saturation_max_fraction", fraction, "(0, 1]")
         _check(self.saturation_patience >= 1, "saturation_patience", self.saturation_patience, ">= 1")
+        _check(self.variation_min_std > 0, "variation_min_std", self.variation_min_std, "> 0")
+        _check(self.variation_patience >= 1, "variation_patience", self.variation_patience, ">= 1")
+        _check(self.variation_warmup_steps >= 0, "variation_warmup_steps", self.variation_warmup_steps, ">= 0")
 
 
 @dataclass

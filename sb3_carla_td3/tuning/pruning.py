@@ -28,6 +28,7 @@ def health_failure(
     alarms = {
         "q_bound": health.q_values.diverged_at_step,
         "actor_saturation": health.saturation.saturated_at_step,
+        "actor_variation": health.variation.blind_at_step,
         "episode_length": health.episodes.collapsed_at_step,
         "grad_clip": health.gradients.violated_at_step,
     }

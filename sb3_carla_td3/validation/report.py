@@ -123,8 +123,9 @@ def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, cr
     :param verdicts: ``TrainingHealthCallback.verdict()``
     :param actor_clip: the actor clip limit (None: clipping off)
     :param critic_clip: the critic clip limit (None: clipping off)
-    :return: the seed's five rows (actor norm, critic norm, Q-values, episode rewards, episode length) and actor
-        saturation, the failure the original system ended in
+    :return: the seed's five rows (actor norm, critic norm, Q-values, episode rewards, episode length), actor
+        saturation (the failure the original system ended in) and a blind actor (one that acts alike on every
+        observation)
     """
 
     def row(key: str, metric: str, expected: str, previous: str) -> Row:
@@ -153,6 +154,12 @@ def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, cr
         row("reward_trend", "Episode rewards", "noisy but not degrading", "721 -> 7.6"),
         row("episode_length", "Episode length", "stable, no collapse", "50 -> 2 steps"),
         row("actor_saturation", "Actions at abs(a) > 0.99 (share)", saturation_expected, "96% steer, 86% throttle (30K)"),
+        row(
+            "actor_variation",
+            "Actor action spread over observations (std)",
+            f">= {fmt(verdicts['actor_variation'].threshold)} after the warm-up",
+            "not measured",
+        ),
     ]
 
 

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_carla_td3.callbacks import (
     ActionSaturationCallback,
+    ActorVariationCallback,
     EpisodeCollapseCallback,
     GradientNormCallback,
     QValueCallback,
@@ -124,6 +125,14 @@ def health_callback(config: RunConfig, checkpoint_dir: Path | None = None) -> Tr
             patience=monitor.saturation_patience,
             check_freq=monitor.q_check_freq,
             stop_on_saturation=monitor.stop_on_saturation,
+            checkpoint_path=stop_path,
+        ),
+        variation=ActorVariationCallback(
+            min_std=monitor.variation_min_std,
+            patience=monitor.variation_patience,
+            warmup_steps=monitor.variation_warmup_steps,
+            check_freq=monitor.q_check_freq,
+            stop_on_blind=monitor.stop_on_blind,
             checkpoint_path=stop_path,
         ),
     )
