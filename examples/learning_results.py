@@ -66,6 +66,9 @@ SETS: dict[str, list[Run]] = {
 #: Pixels with DrQ-v2's decaying exploration noise (0.3 -> 0.1 over the first 20K steps) instead of a constant 0.1.
 NOISE_SCHEDULE = {"td3": {"exploration_noise": 0.3, "exploration_noise_final": 0.1, "exploration_noise_decay_steps": 20000}}
 SETS["pixels_noise_schedule"] = [("noise 0.3 to 0.1", PIXELS, NOISE_SCHEDULE, seed) for seed in (2, 1, 0)]
+#: Pixels with the CNN's input centred at 0 (DrQ-v2's obs / 255 - 0.5): every seed's first conv layer had died to 1-3
+#: live channels of 32 within 5K steps, and seed 2's actor went blind.
+SETS["pixels_centered"] = [("centred pixels", PIXELS, {"encoder": {"center_pixels": True}}, seed) for seed in (2, 0, 1)]
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
 SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 

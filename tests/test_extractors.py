@@ -391,3 +391,19 @@ def test_forward_pair_with_a_trunk_matches_forward(rnn: str | None) -> None:
 def test_bad_trunk_names_the_argument(trunk: object) -> None:
     with pytest.raises(ValueError, match="trunk must be a positive int"):
         make_extractor(image_space(4), trunk=trunk)
+
+
+@pytest.mark.parametrize(("cnn", "rnn"), [("nature", None), ("pooled", "gru")])
+def test_center_pixels_feeds_the_cnn_image_minus_a_half(cnn: str, rnn: str | None) -> None:
+    plain = make_extractor(image_space(), cnn=cnn, rnn=rnn)
+    centred = make_extractor(image_space(), cnn=cnn, rnn=rnn, center_pixels=True)  # same seed: same weights
+    images = th.rand(3, 4, 36, 36)
+    assert th.allclose(centred(images), plain(images - 0.5), atol=1e-6)
+    assert not th.allclose(centred(images), plain(images), atol=1e-3)
+    pair, _ = centred.forward_pair(images, th.cat([images[:, 1:], th.rand(3, 1, 36, 36)], dim=1))
+    assert th.allclose(pair, plain(images - 0.5), atol=1e-6)  # the frame-sharing path centres too
+
+
+def test_center_pixels_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="center_pixels must be True or False, got 'yes'"):
+        make_extractor(image_space(), center_pixels="yes")

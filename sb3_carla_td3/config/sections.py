@@ -149,6 +149,8 @@ class EncoderConfig:
     """Hidden layers applied to the vector observation before concatenation; null: concatenate as is."""
     trunk: int | None = None
     """Size of DrQ-v2's bounded image-feature trunk (Linear -> LayerNorm -> tanh); null: none."""
+    center_pixels: bool = False
+    """Feed the CNN image - 0.5 (pixels centred at 0, DrQ-v2); keeps first-layer ReLUs alive under Adam."""
 
     def __post_init__(self) -> None:
         _check(self.mode in ("separate", "shared"), "mode", self.mode, "separate, shared")
@@ -323,6 +325,7 @@ class RunConfig:
             "rnn_hidden": encoder.rnn_hidden,
             "vector_mlp": encoder.vector_mlp,
             "trunk": encoder.trunk,
+            "center_pixels": encoder.center_pixels,
         }
         if encoder.frames is not None:
             extractor_kwargs["frames"] = encoder.frames
