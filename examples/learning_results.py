@@ -234,7 +234,8 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
         if (run_dir / "report.json").is_file():
             report = json.loads((run_dir / "report.json").read_text())
             summary = report["data"]["summary"]
-            speed, verdict = f"{summary['timesteps'] / summary['seconds']:.1f}", report["verdict"]
+            steps = summary.get("session_timesteps", summary["timesteps"])  # a resumed run timed its last session only
+            speed, verdict = f"{steps / summary['seconds']:.1f}", report["verdict"]
         lines.append(
             f"| {label} | {td3['learning_rate']:g} | {td3['exploration_noise']:g} | {seed} | {last['physics_frames']:,} "
             f"| {last['mean_return']:.1f} ± {last['std_return']:.1f} ({len(last['returns'])}) | {best:.1f} "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from sb3_carla_td3.config import RunConfig, config_from_dict
 from sb3_carla_td3.validation import checkpoints
 from sb3_carla_td3.validation.evaluation import DrivingEvalCallback
 from sb3_carla_td3.validation.phases import phase1
-from sb3_carla_td3.validation.runner import train
+from sb3_carla_td3.validation.runner import summarize, train
 
 TINY = {
     "env": {"name": "carracing", "image_size": 36, "max_episode_steps": 40, "offtrack_steps": 10, "stuck_steps": 15},
@@ -103,6 +105,31 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
     assert resumed.model.num_timesteps == 160
     assert resumed.model._n_updates == updates_before + 30
     assert resumed.recorder.updates[0]["timestep"] <= 130  # history continued, not restarted
+
+
+class TerminateAt(BaseCallback):
+    """Send this process a real SIGTERM (``kill``, a scheduler's stop) at a given timestep."""
+
+    def __init__(self, timestep: int) -> None:
+        super().__init__()
+        self.timestep = timestep
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.timestep:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+
+def test_sigterm_saves_like_ctrl_c_and_restores_the_handler(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    config = tiny_config(run={"total_timesteps": 160, "checkpoint_freq": 100})
+    first = train(config, tmp_path, callbacks=[TerminateAt(120)])
+    assert first.status == "interrupted"
+    latest = checkpoints.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest is not None and latest["timesteps"] == 120
+    assert signal.getsignal(signal.SIGTERM) == before  # the process's own handler is back after train()
+    summary = summarize(train(None, tmp_path, resume=True))
+    assert summary["status"] == "completed" and (summary["timesteps"], summary["session_timesteps"]) == (160, 40)
 
 
 def test_a_resumed_run_keeps_the_health_failures_of_its_first_part(tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +188,27 @@ def build_model(config: RunConfig, env: VecEnv) -> TD3CNN:
     return TD3CNN(policy, env, **kwargs)
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM (``kill``, a batch scheduler's stop, a container stop) acts like Ctrl-C.
+
+    :func:`train` then saves a checkpoint and the report as for Ctrl-C instead of dying with nothing saved. Only the
+    main thread can handle signals: elsewhere the block changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(
     config: RunConfig | None,
     run_dir: str | Path,
@@ -195,7 +219,8 @@ def train(
 ) -> RunResult:
     """Train (or resume) a run in ``run_dir``: config.yaml, progress.csv, TensorBoard, history.json, checkpoints/.
 
-    Ctrl-C writes a checkpoint and returns with status "interrupted"; the report can then be written as usual.
+    Ctrl-C (or SIGTERM) writes a checkpoint and returns with status "interrupted"; the report can then be written as
+    usual.
 
     :param config: the run config (None when resuming: read from ``run_dir/config.yaml``)
     :param run_dir: the run directory (created)
@@ -249,13 +274,14 @@ def train(
     remaining = max(config.run.total_timesteps - model.num_timesteps, 0)
     status, started = "completed", time.perf_counter()
     try:
-        model.learn(
-            remaining,
-            callback=all_callbacks,
-            log_interval=config.run.log_interval,
-            reset_num_timesteps=checkpoint is None,
-            progress_bar=config.run.progress_bar,
-        )
+        with terminate_as_interrupt():
+            model.learn(
+                remaining,
+                callback=all_callbacks,
+                log_interval=config.run.log_interval,
+                reset_num_timesteps=checkpoint is None,
+                progress_bar=config.run.progress_bar,
+            )
         if model.num_timesteps < config.run.total_timesteps:
             status = "stopped"
     except KeyboardInterrupt:
@@ -292,6 +318,7 @@ def summarize(result: RunResult, last_episodes: int = 10) -> dict[str, Any]:
         "episode_ends": dict(reasons.most_common()),
         "status": result.status,
         "timesteps": result.model.num_timesteps,
+        "session_timesteps": result.model.num_timesteps - (result.resumed_from or 0),  # what `seconds` covers
         "updates": int(stats.get("n_updates", 0)),
         "episodes": len(episodes),
         "final_return": sum(tail) / len(tail) if tail else None,
