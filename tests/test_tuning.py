@@ -351,6 +351,33 @@ def test_a_worker_killed_mid_trial_leaves_no_running_trial_and_the_study_complet
     assert f"| {running.number} | no heartbeat for" in text and f"| {retry.number} |" in text
 
 
+def test_a_worker_stopped_by_sigterm_fails_its_trial_at_once_and_queues_its_parameters(tmp_path):
+    """SIGTERM (a preempted machine, a scheduler's stop) mid-trial: the worker ends the trial FAIL itself (no grace
+    period to wait out), queues its parameters again and exits 130."""
+    space = {**SPACE, "budget": {"total_timesteps": 2000, "eval_freq": 1000}}
+    base, space_path = study_files(tmp_path, space)
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    worker = start_worker(base, space_path, storage, study_dir, 1, seed=0)
+    progress = study_dir / "trial_0000" / "progress.csv"
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and progress.stat().st_size > 0) and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.2)  # SB3 writes its first progress row inside learn()
+    assert worker.poll() is None, (study_dir.parent / "worker0.log").read_text()[-3000:]
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=60) == 130
+
+    study = optuna.load_study(study_name="shared", storage=make_storage(storage))
+    stopped = study.get_trials()[0]
+    assert stopped.state == TrialState.FAIL
+    assert stopped.user_attrs["fail_reason"].startswith("interrupted (Ctrl-C or SIGTERM) at timestep")
+    assert "queued again" in stopped.user_attrs["fail_reason"]
+    assert (study_dir / "trial_0000" / "checkpoints" / "latest.json").is_file()  # train() saved it like Ctrl-C
+    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert [(t.system_attrs["fixed_params"], t.user_attrs["retry_of"]) for t in queued] == [(stopped.params, 0)]
+
+
 def test_a_bare_postgresql_url_names_an_installed_driver(monkeypatch):
     # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg (3); the tune extra installs psycopg2: name it.
     import importlib.util

@@ -21,6 +21,7 @@ from sb3_carla_td3.tuning.storage import (
     _open_study,
     fail_stale_trials,
     heartbeat,
+    requeue,
     storage_url,
     worker_name,
 )
@@ -122,7 +123,11 @@ def _objective(
                 raise
         if pruning.pruned is not None:
             _prune(trial, *pruning.pruned)
-        if result.status == "interrupted":
+        if result.status == "interrupted":  # Ctrl-C or SIGTERM (a preempted machine): FAIL, and run it again later
+            queued = requeue(study, trial.number, trial.params, trial.user_attrs, space.failures)
+            again = "its parameters are queued again" if queued else f"not queued (max_retry {space.failures.max_retry})"
+            reason = f"interrupted (Ctrl-C or SIGTERM) at timestep {result.model.num_timesteps}; {again}"
+            trial.set_user_attr("fail_reason", reason)
             raise KeyboardInterrupt
         evaluations = load_evaluations(run_dir)
         if not evaluations or evaluations[-1]["timestep"] < config.run.total_timesteps:

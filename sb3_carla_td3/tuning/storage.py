@@ -178,12 +178,29 @@ def fail_stale_trials(study: optuna.Study, failures: FailureSettings) -> list[in
         except UpdateFinishedTrialError:
             continue  # another worker failed it first, or it just finished
         failed.append(trial.number)
-        retry = int(trial.user_attrs.get("retry", 0)) + 1
-        if retry <= failures.max_retry:
-            root = int(trial.user_attrs.get("retry_root", trial.number))
-            attrs = {"retry": retry, "retry_of": trial.number, "retry_root": root}
-            study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+        requeue(study, trial.number, trial.params, trial.user_attrs, failures)
     return failed
+
+
+def requeue(
+    study: optuna.Study, number: int, params: dict[str, Any], user_attrs: dict[str, Any], failures: FailureSettings
+) -> bool:
+    """Queue a failed trial's parameters again (attributes ``retry``, ``retry_of``, ``retry_root``), at most
+    ``failures.max_retry`` times per original trial.
+
+    :param study: the study
+    :param number: the failed trial's number
+    :param params: its parameters
+    :param user_attrs: its user attributes (a retry's count and root carry over)
+    :param failures: the retry limit
+    :return: whether the parameters were queued
+    """
+    retry = int(user_attrs.get("retry", 0)) + 1
+    if retry > failures.max_retry:
+        return False
+    root = int(user_attrs.get("retry_root", number))
+    study.enqueue_trial(dict(params), user_attrs={"retry": retry, "retry_of": number, "retry_root": root})
+    return True
 
 
 def _finished(study: optuna.Study) -> tuple[int, int, int]:
