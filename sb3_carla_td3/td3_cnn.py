@@ -505,6 +505,7 @@ class TD3CNN(TD3):
                     self.logger.record(f"train/{key}", float(np.mean([u[key] for u in stepped])))
                     latest[key] = stepped[-1][key]
             latest[f"{side}_clip_fraction"] = float(np.mean([u[f"{side}_clipped"] for u in stepped]))
+            latest[f"n_{side}_updates"] = self.last_train_stats.get(f"n_{side}_updates", 0.0) + len(stepped)
             latest[f"{side}_grad_norm_post_max"] = max(u[f"{side}_grad_norm_post"] for u in stepped)
             self.logger.record(f"train/{side}_clip_fraction", latest[f"{side}_clip_fraction"])
         self.logger.record("train/nonfinite_skips", self.nonfinite_skips)

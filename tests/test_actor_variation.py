@@ -114,3 +114,14 @@ def test_the_bundle_judges_it_and_a_tuning_trial_is_pruned_by_it():
     check, step, reason = health_failure(health, {}, ["actor_variation"])
     assert (check, step) == ("actor_variation", health.variation.blind_at_step)
     assert reason.startswith("actor_variation: blind from timestep")
+
+
+def test_td3cnn_checks_count_actor_updates_not_train_calls():
+    """With policy_delay 2 only every other train() call updates the actor: a check per actor update, no repeats."""
+    model = make_model(learning_starts=30, policy_delay=2, actor_lr=1e-12)
+    blind_actor(model.actor.mu)
+    callback = ActorVariationCallback(warmup_steps=0, patience=10**6)
+    model.learn(90, callback=callback)
+    actor_updates = model.last_train_stats["n_actor_updates"]
+    assert actor_updates == model.last_train_stats["n_updates"] // 2
+    assert actor_updates - 1 <= callback.streak <= actor_updates  # the last call's stats are read at no later step

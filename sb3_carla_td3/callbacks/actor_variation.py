@@ -86,9 +86,9 @@ class ActorVariationCallback(BaseCallback):
             return None
         stats = getattr(self.model, "last_train_stats", None)
         if stats is not None:
-            if "actor_action_std" not in stats or stats.get("n_updates") == self._last_updates:
-                return None
-            self._last_updates = stats.get("n_updates")
+            if "actor_action_std" not in stats or stats.get("n_actor_updates") == self._last_updates:
+                return None  # no actor update since the last check (policy_delay)
+            self._last_updates = stats.get("n_actor_updates")
             return stats["actor_action_std"]
         buffer = getattr(self.model, "replay_buffer", None)
         if getattr(self.model, "actor", None) is None or buffer is None:
