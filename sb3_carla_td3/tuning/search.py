@@ -63,17 +63,13 @@ class SurplusTrial(RuntimeError):
 def _trial_report(result: RunResult, number: int, pruned: tuple[str, str, int, str] | None) -> PhaseReport:
     """The trial's report.md and plots: phase 3's table and sections, titled for the study."""
     from sb3_carla_td3.validation import phases
-    from sb3_carla_td3.validation.report import PhaseReport, Row, fmt, phase1_rows
+    from sb3_carla_td3.validation.report import PhaseReport, evaluation_row, phase1_rows
 
     verdicts = result.health.verdict()
     rows = phase1_rows(verdicts, result.model.actor_grad_clip, result.model.critic_grad_clip)
-    evaluations = phases.load_evaluations(result.run_dir)
-    if evaluations:
-        first, last = evaluations[0], evaluations[-1]
-        measured = f"{fmt(first['mean_return'])} -> {fmt(last['mean_return'])}"
-        detail = f"{len(evaluations)} evaluations, at timesteps {first['timestep']}..{last['timestep']}"
-        passed = last["mean_return"] > first["mean_return"] if len(evaluations) > 1 else None
-        rows.append(Row("Evaluation return (deterministic)", "increasing", measured, passed, "", detail))
+    evaluation = evaluation_row(phases.load_evaluations(result.run_dir))
+    if evaluation is not None:
+        rows.append(evaluation)
     status = f"pruned at {pruned[2]}: {pruned[0]}" if pruned else result.status
     title = f"Tuning trial {number}: TD3CNN on {result.config.env.name}, {result.model.num_timesteps} steps ({status})"
     report = PhaseReport(title, rows)

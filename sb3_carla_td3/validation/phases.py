@@ -20,7 +20,15 @@ from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.reports import hyperparameter_report, parameter_report
 from sb3_carla_td3.validation.evaluation import read_evaluations
 from sb3_carla_td3.validation.plots import plot_evaluations, plot_history
-from sb3_carla_td3.validation.report import PhaseReport, Row, evaluation_table, fmt, learning_row, phase1_rows
+from sb3_carla_td3.validation.report import (
+    PhaseReport,
+    Row,
+    evaluation_row,
+    evaluation_table,
+    fmt,
+    learning_row,
+    phase1_rows,
+)
 from sb3_carla_td3.validation.runner import EVALUATIONS_FILE, RunResult, summarize, train
 
 #: Phase 2's architectures: (label, encoder overrides).
@@ -102,19 +110,9 @@ def phase3(config: RunConfig | None, run_dir: str | Path, resume: bool = False, 
     verdicts = result.health.verdict()
     rows = phase1_rows(verdicts, result.model.actor_grad_clip, result.model.critic_grad_clip)
     rows[3].expected = "increasing (positive trend)"
-    evaluations = load_evaluations(Path(run_dir))
-    if evaluations:
-        first, last = evaluations[0], evaluations[-1]
-        rows.append(
-            Row(
-                "Evaluation return (deterministic)",
-                "increasing",
-                f"{fmt(first['mean_return'])} -> {fmt(last['mean_return'])}",
-                last["mean_return"] > first["mean_return"] if len(evaluations) > 1 else None,
-                "",
-                f"{len(evaluations)} evaluations, at timesteps {first['timestep']}..{last['timestep']}",
-            )
-        )
+    evaluation = evaluation_row(load_evaluations(Path(run_dir)))
+    if evaluation is not None:
+        rows.append(evaluation)
     title = f"Phase 3 training: TD3CNN on {result.config.env.name}, {result.model.num_timesteps} steps ({result.status})"
     return finish_report(result, PhaseReport(title, rows))
 

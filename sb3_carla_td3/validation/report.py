@@ -163,6 +163,25 @@ def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, cr
     ]
 
 
+def evaluation_row(evaluations: list[dict[str, Any]]) -> Row | None:
+    """The deterministic evaluation return, first evaluation -> last, as a report row.
+
+    :param evaluations: the run's evaluations, oldest first (``DrivingEvalCallback`` results)
+    :return: the row (PASS when the last is above the first; N/A with one evaluation), or None without evaluations
+    """
+    if not evaluations:
+        return None
+    first, last = evaluations[0], evaluations[-1]
+    return Row(
+        "Evaluation return (deterministic)",
+        "increasing",
+        f"{fmt(first['mean_return'])} -> {fmt(last['mean_return'])}",
+        last["mean_return"] > first["mean_return"] if len(evaluations) > 1 else None,
+        "",
+        f"{len(evaluations)} evaluations, at timesteps {first['timestep']}..{last['timestep']}",
+    )
+
+
 #: Bar of the learning row: the last third of the episodes must beat the first third by this much return.
 LEARNING_MIN_GAIN = 100.0
 #: ...and fewer than this share of all episodes may end "stuck" (standing still is not learning to drive).
