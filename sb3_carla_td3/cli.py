@@ -48,6 +48,28 @@ def _apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     return config
 
 
+def _resumed_config(args: argparse.Namespace) -> RunConfig | None:
+    """The config of the run in ``args.resume``: its own, with ``--timesteps`` (a new budget) or ``--no-progress``.
+
+    A resumed run keeps the config it was trained with; every other run flag would be silently ignored, so it is
+    refused by name.
+
+    :return: None when no flag changes it (the run directory's config.yaml is read as it is)
+    """
+    flags = {"--config": args.config, "--env": args.env, "--set": args.overrides, "--device": args.device,
+             "--seed": args.seed, "--out": args.out}  # fmt: skip
+    fixed = [flag for flag, value in flags.items() if value is not None and value != []]
+    if fixed:
+        raise ConfigError(
+            f"--resume {args.resume} continues the run with its own config.yaml: {', '.join(fixed)} cannot change it "
+            "(only --timesteps, a new total budget, and --no-progress apply)"
+        )
+    if args.timesteps is None and not args.no_progress:
+        return None
+    config = load_config(Path(args.resume) / "config.yaml")
+    return _apply_overrides(config, args)
+
+
 def _run_dir(args: argparse.Namespace, config: RunConfig, label: str) -> Path:
     if args.out:
         return Path(args.out)
@@ -127,7 +149,7 @@ def _validate(args: argparse.Namespace) -> int:
     if resume is not None:
         if args.command == "validate" and args.phase != 3:
             raise ConfigError("--resume only applies to phase 3 (and to train)")
-        report = phases.phase3(None, resume, resume=True, verbose=args.verbose)
+        report = phases.phase3(_resumed_config(args), resume, resume=True, verbose=args.verbose)
         return _print_report(report, resume, args.strict)
     phase = args.phase if args.command == "validate" else 3
     if args.config is None and args.command == "train":

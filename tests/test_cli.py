@@ -93,6 +93,20 @@ def test_bad_config_exits_1_with_a_clear_message(tmp_path, capsys):
     assert "unknown key 'gama'; did you mean 'gamma'" in capsys.readouterr().err
 
 
+def test_resume_extends_a_finished_run_with_timesteps_and_refuses_flags_it_would_ignore(tmp_path, capsys):
+    out = tmp_path / "run"
+    config = tiny_yaml(tmp_path, total_timesteps=100, checkpoint_freq=50)
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--timesteps", "140", "--no-progress"]) == 0  # a new total budget
+    summary = json.loads((out / "report.json").read_text())["data"]["summary"]
+    assert (summary["timesteps"], summary["session_timesteps"]) == (140, 40)
+    assert load_config(out / "config.yaml").run.total_timesteps == 140
+    capsys.readouterr()
+    for flag in (["--seed", "0"], ["--set", "td3.learning_rate=0.1"], ["--device", "cpu"]):
+        assert main(["train", "--resume", str(out), *flag]) == 1
+        assert f"{flag[0]} cannot change it" in capsys.readouterr().err
+
+
 def test_resume_is_only_for_phase_3(tmp_path, capsys):
     assert main(["validate", "--phase", "1", "--resume", str(tmp_path)]) == 1
     assert "--resume only applies to phase 3" in capsys.readouterr().err
