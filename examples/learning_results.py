@@ -62,13 +62,17 @@ SETS: dict[str, list[Run]] = {
     "camera_baselines": [(f"SB3 {algo}", CAMERA, {"baseline": {"algorithm": algo}}, 0) for algo in ("TD3", "SAC")],
     "camera_ablation": [(RECIPE, CAMERA, {}, 0)] + [(label, CAMERA, o, 0) for label, o in CAMERA_WITHOUT.items()],
     "pixels": [(RECIPE, PIXELS, {}, seed) for seed in (0, 1, 2)],
+    # The first pixels recipe: the CNN read uncentred [0, 1] pixels; seed 2's first conv layer died, its actor went blind.
+    "pixels_uncentred": [("uncentred first recipe", PIXELS, {"encoder": {"center_pixels": False}}, s) for s in (0, 1, 2)],
 }
-#: Pixels with DrQ-v2's decaying exploration noise (0.3 -> 0.1 over the first 20K steps) instead of a constant 0.1.
-NOISE_SCHEDULE = {"td3": {"exploration_noise": 0.3, "exploration_noise_final": 0.1, "exploration_noise_decay_steps": 20000}}
+#: The first (uncentred) pixels recipe with DrQ-v2's decaying exploration noise (0.3 -> 0.1 over 20K steps).
+NOISE_SCHEDULE = {
+    "td3": {"exploration_noise": 0.3, "exploration_noise_final": 0.1, "exploration_noise_decay_steps": 20000},
+    "encoder": {"center_pixels": False},
+}
 SETS["pixels_noise_schedule"] = [("noise 0.3 to 0.1", PIXELS, NOISE_SCHEDULE, seed) for seed in (2, 1, 0)]
-#: Pixels with the CNN's input centred at 0 (DrQ-v2's obs / 255 - 0.5): every seed's first conv layer had died to 1-3
-#: live channels of 32 within 5K steps, and seed 2's actor went blind.
-SETS["pixels_centered"] = [("centred pixels", PIXELS, {"encoder": {"center_pixels": True}}, seed) for seed in (2, 0, 1)]
+#: The pixels recipe (centred input) beside the first one, and seed 2 with the noise schedule (one figure).
+SETS["pixels_vs_uncentred"] = SETS["pixels"] + SETS["pixels_uncentred"] + SETS["pixels_noise_schedule"][:1]
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
 SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 
