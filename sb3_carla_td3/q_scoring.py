@@ -114,6 +114,21 @@ def deterministic_actions(model: BaseAlgorithm, observations: Any) -> th.Tensor 
     return actor(observations)
 
 
+def replay_actions(model: BaseAlgorithm, n_samples: int, min_size: int = 1) -> th.Tensor | None:
+    """The actor's deterministic actions on ``n_samples`` replay observations, drawn under :func:`preserved_rng`.
+
+    :param model: an SB3 off-policy algorithm with an actor and a replay buffer
+    :param n_samples: observations to score
+    :param min_size: transitions the buffer must hold first
+    :return: the actions, ``(n_samples, action_dim)``, or None (no actor, no buffer, too few transitions)
+    """
+    buffer = getattr(model, "replay_buffer", None)
+    if getattr(model, "actor", None) is None or buffer is None or buffer.size() < min_size:
+        return None
+    with preserved_rng(model.device), th.no_grad():
+        return deterministic_actions(model, buffer.sample(n_samples).observations)
+
+
 def score_critic(model: Any, n_samples: int) -> QSample | None:
     """Score the critic on a replay sample (its Q of the stored and of the actor's actions, and where cheap its one-step
     target), without disturbing training.

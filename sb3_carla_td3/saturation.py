@@ -20,7 +20,7 @@ from sb3_carla_td3.health import (
     require,
     warn_health,
 )
-from sb3_carla_td3.q_scoring import deterministic_actions, preserved_rng
+from sb3_carla_td3.q_scoring import replay_actions
 
 #: |action| above this counts as saturated (actions live in [-1, 1]).
 SATURATED = 0.99
@@ -85,14 +85,10 @@ class ActionSaturationCallback(BaseCallback):
                 return None  # no actor update since the last check (policy_delay)
             self._last_updates = stats.get("n_actor_updates")
             return stats["actor_saturation"]
-        buffer = getattr(self.model, "replay_buffer", None)
-        if getattr(self.model, "actor", None) is None or buffer is None:
+        if getattr(self.model, "actor", None) is None or getattr(self.model, "replay_buffer", None) is None:
             self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
             return None
-        if self.n_calls % self.check_freq or buffer.size() == 0:
-            return None
-        with preserved_rng(self.model.device), th.no_grad():
-            actions = deterministic_actions(self.model, buffer.sample(self.n_samples).observations)
+        actions = None if self.n_calls % self.check_freq else replay_actions(self.model, self.n_samples)
         return None if actions is None else saturation_fraction(actions)
 
     def _on_step(self) -> bool:

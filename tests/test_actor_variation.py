@@ -125,3 +125,13 @@ def test_td3cnn_checks_count_actor_updates_not_train_calls():
     actor_updates = model.last_train_stats["n_actor_updates"]
     assert actor_updates == model.last_train_stats["n_updates"] // 2
     assert actor_updates - 1 <= callback.streak <= actor_updates  # the last call's stats are read at no later step
+
+
+def test_algorithm_without_an_actor_is_not_applicable_even_inside_the_warmup():
+    from stable_baselines3 import DQN
+
+    model = DQN("MlpPolicy", "CartPole-v1", learning_starts=10, policy_kwargs={"net_arch": [8]}, seed=0)
+    callback = ActorVariationCallback(check_freq=5)
+    model.learn(30, callback=callback)
+    verdict = callback.verdict()
+    assert verdict.passed is None and "DQN has no actor" in verdict.detail

@@ -17,7 +17,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.health import HealthVerdict, is_count, is_number, keep_training, require, warn_health
-from sb3_carla_td3.q_scoring import deterministic_actions, preserved_rng
+from sb3_carla_td3.q_scoring import replay_actions
 
 
 def action_spread(actions: th.Tensor) -> float:
@@ -82,6 +82,9 @@ class ActorVariationCallback(BaseCallback):
         self.not_applicable: str | None = None
 
     def _measure(self) -> float | None:
+        if getattr(self.model, "actor", None) is None or getattr(self.model, "replay_buffer", None) is None:
+            self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
+            return None
         if self.num_timesteps < getattr(self.model, "learning_starts", 0) + self.warmup_steps:
             return None
         stats = getattr(self.model, "last_train_stats", None)
@@ -90,14 +93,7 @@ class ActorVariationCallback(BaseCallback):
                 return None  # no actor update since the last check (policy_delay)
             self._last_updates = stats.get("n_actor_updates")
             return stats["actor_action_std"]
-        buffer = getattr(self.model, "replay_buffer", None)
-        if getattr(self.model, "actor", None) is None or buffer is None:
-            self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
-            return None
-        if self.n_calls % self.check_freq or buffer.size() < 2:
-            return None
-        with preserved_rng(self.model.device), th.no_grad():
-            actions = deterministic_actions(self.model, buffer.sample(self.n_samples).observations)
+        actions = None if self.n_calls % self.check_freq else replay_actions(self.model, self.n_samples, min_size=2)
         return None if actions is None else action_spread(actions)
 
     def _on_step(self) -> bool:
