@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,46 @@ def replay_actions(model: BaseAlgorithm, n_samples: int, min_size: int = 1) -> t
         return None
     with preserved_rng(model.device), th.no_grad():
         return deterministic_actions(model, buffer.sample(n_samples).observations)
+
+
+class ActorCheckCallback(BaseCallback):
+    """Base of the checks that judge the actor's deterministic actions (saturation, a blind actor).
+
+    :meth:`_actor_value` gives one measurement: with TD3CNN, its per-update statistic after each new actor update
+    (``last_train_stats``, counted by ``n_actor_updates``); with other algorithms, a score of the actions on
+    ``n_samples`` replay observations every ``check_freq`` steps (:func:`replay_actions`); without an actor, None and
+    :attr:`not_applicable` says why.
+
+    :param check_freq: env steps between replay checks, >= 1
+    :param n_samples: replay observations scored per replay check
+    :param verbose: verbosity level
+    """
+
+    def __init__(self, check_freq: int, n_samples: int, verbose: int = 0) -> None:
+        super().__init__(verbose=verbose)
+        self.check_freq, self.n_samples = check_freq, n_samples
+        self._last_updates: float | None = None
+        self.not_applicable: str | None = None
+
+    def _applicable(self) -> bool:
+        """:return: whether the model has an actor and a replay buffer (else :attr:`not_applicable` says so)"""
+        if getattr(self.model, "actor", None) is None or getattr(self.model, "replay_buffer", None) is None:
+            self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
+            return False
+        return True
+
+    def _actor_value(self, stat: str, score: Callable[[th.Tensor], float], min_size: int = 1) -> float | None:
+        """:return: ``last_train_stats[stat]`` or ``score(actions)``, or None when nothing new was measured"""
+        if not self._applicable():
+            return None
+        stats = getattr(self.model, "last_train_stats", None)
+        if stats is not None:
+            if stat not in stats or stats.get("n_actor_updates") == self._last_updates:
+                return None  # no actor update since the last check (policy_delay)
+            self._last_updates = stats.get("n_actor_updates")
+            return stats[stat]
+        actions = None if self.n_calls % self.check_freq else replay_actions(self.model, self.n_samples, min_size)
+        return None if actions is None else score(actions)
 
 
 def score_critic(model: Any, n_samples: int) -> QSample | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import torch as th
-from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.health import (
     HealthVerdict,
@@ -20,7 +19,7 @@ from sb3_carla_td3.health import (
     require,
     warn_health,
 )
-from sb3_carla_td3.q_scoring import replay_actions
+from sb3_carla_td3.q_scoring import ActorCheckCallback
 
 #: |action| above this counts as saturated (actions live in [-1, 1]).
 SATURATED = 0.99
@@ -35,7 +34,7 @@ def saturation_fraction(actions: th.Tensor) -> float:
     return float((actions.abs() > SATURATED).float().mean())
 
 
-class ActionSaturationCallback(BaseCallback):
+class ActionSaturationCallback(ActorCheckCallback):
     """Flag an actor whose deterministic actions stay pinned at the bounds of [-1, 1].
 
     TD3CNN: reads ``last_train_stats["actor_saturation"]`` after every train() call with an actor update. Other
@@ -63,36 +62,20 @@ class ActionSaturationCallback(BaseCallback):
         checkpoint_path: str | os.PathLike[str] | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(verbose=verbose)
         require(is_number(max_fraction, 0) and 0 < max_fraction <= 1, "max_fraction", max_fraction, "a float in (0, 1]")
         for name, value in (("patience", patience), ("check_freq", check_freq), ("n_samples", n_samples)):
             require(is_count(value), name, value, "an int >= 1")
+        super().__init__(check_freq, n_samples, verbose=verbose)
         self.max_fraction, self.patience = float(max_fraction), patience
-        self.check_freq, self.n_samples = check_freq, n_samples
         self.stop_on_saturation, self.checkpoint_path = stop_on_saturation, checkpoint_path
         self.latest: float | None = None
         self.peak: float | None = None
         self.streak = 0
         self.saturated_at_step: int | None = None
         self.fraction_at_alarm: float | None = None
-        self._last_updates: float | None = None
-        self.not_applicable: str | None = None
-
-    def _measure(self) -> float | None:
-        stats = getattr(self.model, "last_train_stats", None)
-        if stats is not None:
-            if "actor_saturation" not in stats or stats.get("n_actor_updates") == self._last_updates:
-                return None  # no actor update since the last check (policy_delay)
-            self._last_updates = stats.get("n_actor_updates")
-            return stats["actor_saturation"]
-        if getattr(self.model, "actor", None) is None or getattr(self.model, "replay_buffer", None) is None:
-            self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
-            return None
-        actions = None if self.n_calls % self.check_freq else replay_actions(self.model, self.n_samples)
-        return None if actions is None else saturation_fraction(actions)
 
     def _on_step(self) -> bool:
-        fraction = self._measure()
+        fraction = self._actor_value("actor_saturation", saturation_fraction)
         if fraction is None:
             return True
         self.latest, self.peak = fraction, fraction if self.peak is None else max(self.peak, fraction)

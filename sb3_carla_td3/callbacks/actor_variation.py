@@ -14,10 +14,9 @@ from __future__ import annotations
 import os
 
 import torch as th
-from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.health import HealthVerdict, is_count, is_number, keep_training, require, warn_health
-from sb3_carla_td3.q_scoring import replay_actions
+from sb3_carla_td3.q_scoring import ActorCheckCallback
 
 
 def action_spread(actions: th.Tensor) -> float:
@@ -32,7 +31,7 @@ def action_spread(actions: th.Tensor) -> float:
     return float(actions.float().std(dim=0, correction=0).max())
 
 
-class ActorVariationCallback(BaseCallback):
+class ActorVariationCallback(ActorCheckCallback):
     """Flag an actor whose deterministic actions stopped depending on the observation.
 
     TD3CNN: reads ``last_train_stats["actor_action_std"]`` (the spread of the actor's actions over the replay batch of
@@ -63,38 +62,25 @@ class ActorVariationCallback(BaseCallback):
         checkpoint_path: str | os.PathLike[str] | None = None,
         verbose: int = 0,
     ) -> None:
-        super().__init__(verbose=verbose)
         require(is_number(min_std, 0), "min_std", min_std, "a float > 0")
         for name, value in (("patience", patience), ("check_freq", check_freq)):
             require(is_count(value), name, value, "an int >= 1")
         require(is_count(n_samples) and n_samples >= 2, "n_samples", n_samples, "an int >= 2")
         require(isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0,
                 "warmup_steps", warmup_steps, "an int >= 0")  # fmt: skip
+        super().__init__(check_freq, n_samples, verbose=verbose)
         self.min_std, self.patience, self.warmup_steps = float(min_std), patience, warmup_steps
-        self.check_freq, self.n_samples = check_freq, n_samples
         self.stop_on_blind, self.checkpoint_path = stop_on_blind, checkpoint_path
         self.latest: float | None = None
         self.lowest: float | None = None
         self.streak = 0
         self.blind_at_step: int | None = None
         self.spread_at_alarm: float | None = None
-        self._last_updates: float | None = None
-        self.not_applicable: str | None = None
 
     def _measure(self) -> float | None:
-        if getattr(self.model, "actor", None) is None or getattr(self.model, "replay_buffer", None) is None:
-            self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
-            return None
-        if self.num_timesteps < getattr(self.model, "learning_starts", 0) + self.warmup_steps:
-            return None
-        stats = getattr(self.model, "last_train_stats", None)
-        if stats is not None:
-            if "actor_action_std" not in stats or stats.get("n_actor_updates") == self._last_updates:
-                return None  # no actor update since the last check (policy_delay)
-            self._last_updates = stats.get("n_actor_updates")
-            return stats["actor_action_std"]
-        actions = None if self.n_calls % self.check_freq else replay_actions(self.model, self.n_samples, min_size=2)
-        return None if actions is None else action_spread(actions)
+        if not self._applicable() or self.num_timesteps < getattr(self.model, "learning_starts", 0) + self.warmup_steps:
+            return None  # no actor (N/A, said even inside the warm-up), or still warming up
+        return self._actor_value("actor_action_std", action_spread, min_size=2)
 
     def _on_step(self) -> bool:
         spread = self._measure()
