@@ -435,13 +435,73 @@ def detect_frame_stack(env: VecEnv) -> int | None:
     """How many frames the env's image observation stacks, if it says so.
 
     :param env: the (wrapped) vectorised env
-    :return: ``n_stack`` of a VecFrameStack wrapper, else the envs' ``frame_stack`` attribute, else None
+    :return: ``n_stack`` of a VecFrameStack wrapper, else the envs' ``frame_stack`` attribute, else the
+        ``stack_size`` of gymnasium's ``FrameStackObservation`` when it stacks single-channel frames into a
+        channel-first ``(stack_size, H, W)`` image, else None
     """
     stacker = unwrap_vec_wrapper(env, VecFrameStack)
     if stacker is not None:
         return int(stacker.stacked_obs.n_stack)
+    for attribute in ("frame_stack", "stack_size"):
+        try:
+            values = env.get_attr(attribute)
+        except AttributeError:
+            continue
+        if not values or values[0] is None:
+            continue
+        shape: tuple[int, ...] = tuple(getattr(env.observation_space, "shape", None) or ())
+        if attribute == "stack_size" and (len(shape) != 3 or shape[0] != values[0]):
+            continue  # FrameStackObservation of RGB or channel-last frames: not one channel-first image
+        return int(values[0])
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None where it cannot be read."""
     try:
-        values = env.get_attr("frame_stack")
-    except AttributeError:
-        return None
-    return int(values[0]) if values and values[0] is not None else None
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _space_bytes(space: spaces.Space) -> int:
+    if isinstance(space, spaces.Dict):
+        return sum(_space_bytes(sub) for sub in space.spaces.values())
+    dtype = np.dtype(np.float32) if np.issubdtype(space.dtype or np.float32, np.floating) else np.dtype(space.dtype)
+    return int(np.prod(space.shape or (1,))) * dtype.itemsize
+
+
+def replay_bytes_per_transition(
+    buffer_class: type,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    buffer_kwargs: dict[str, Any] | None = None,
+    optimize_memory_usage: bool = False,
+) -> float:
+    """Bytes one stored transition takes in ``buffer_class``, computed from the spaces before anything is allocated.
+
+    :param buffer_class: a frame-stack buffer of this module, or SB3's (Dict)ReplayBuffer (other classes are
+        estimated as SB3's)
+    :param observation_space: the observation space
+    :param action_space: the action space
+    :param buffer_kwargs: the buffer's keyword arguments (``frames``, ``image_key``)
+    :param optimize_memory_usage: SB3's variant that stores each observation once
+    :return: bytes per transition (actions, rewards, dones and timeouts included)
+    """
+    kwargs = buffer_kwargs or {}
+    scalars = _space_bytes(action_space) + 3 * 4  # actions; rewards, dones, timeouts as float32
+    if issubclass(buffer_class, _FrameStackBuffer):
+        image_key = kwargs.get("image_key", "image")
+        if isinstance(observation_space, spaces.Dict):
+            image = observation_space.spaces[image_key]
+            rest = _space_bytes(observation_space) - _space_bytes(image)
+        else:
+            image, rest = observation_space, 0
+        frame = _space_bytes(image) / int(kwargs.get("frames", 4))
+        return (frame + rest) * (1 + 1 / SLACK_DIVISOR) + 8 + 1 + scalars  # + gid (int64) and hist (uint8)
+    copies = 1 if optimize_memory_usage else 2  # obs and next_obs
+    return copies * _space_bytes(observation_space) + scalars

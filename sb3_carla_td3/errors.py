@@ -19,3 +19,7 @@ class NonFiniteGradientError(FloatingPointError):
 
 class CarlaConnectionError(ConnectionError):
     """No CARLA server answers at the configured host and port."""
+
+
+class ReplayMemoryError(MemoryError):
+    """The replay buffer asked for would need more memory than the machine has (raised before allocating it)."""

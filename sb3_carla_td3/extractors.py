@@ -16,7 +16,7 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-__all__ = ["CNN_LAYOUTS", "CnnGruExtractor", "ConvEncoder", "count_parameters", "min_image_size"]
+__all__ = ["CNN_LAYOUTS", "ENCODER_PRESETS", "CnnGruExtractor", "ConvEncoder", "count_parameters", "min_image_size"]
 
 # (out_channels, kernel, stride, max-pool 2x2 after the activation) per conv layer.
 CNN_LAYOUTS: dict[str, tuple[tuple[int, int, int, bool], ...]] = {
@@ -26,6 +26,17 @@ CNN_LAYOUTS: dict[str, tuple[tuple[int, int, int, bool], ...]] = {
     "nature": ((32, 8, 4, False), (64, 4, 2, False), (64, 3, 1, False)),
 }
 RNN_TYPES = ("gru", "lstm")
+#: Named :class:`CnnGruExtractor` settings, chosen by ``CnnPolicy(encoder_preset=...)`` (``policy_kwargs``); explicit
+#: ``features_extractor_kwargs`` override single entries. Costs: gradient steps/s of TD3CNN in shared mode on 2 CPU
+#: cores, batch 96 (docs/benchmarks.md).
+ENCODER_PRESETS: dict[str, dict[str, object]] = {
+    # The recipe of docs/results.md: the DQN NatureCNN on the stacked frames, DrQ-v2's 50-feature
+    # Linear -> LayerNorm -> tanh trunk and centred pixels. Every learning result of the library uses it.
+    "nature": {"cnn": "nature", "rnn": None, "cnn_features": 512, "trunk": 50, "center_pixels": True},
+    # The design card's encoder (seed Tasks 6-7): the stride-1, max-pooled CNN on every frame, then a GRU-48 over the
+    # frames; about 60x the arithmetic of "nature" (hours per thousand CPU gradient steps at 84 px): meant for a GPU.
+    "pooled_gru": {"cnn": "pooled", "rnn": "gru", "cnn_features": 512, "rnn_hidden": 48, "trunk": 50, "center_pixels": True},
+}
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -16,32 +16,67 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
 from stable_baselines3.td3.policies import TD3Policy
 
-from sb3_carla_td3.extractors import CnnGruExtractor
+from sb3_carla_td3.extractors import ENCODER_PRESETS, CnnGruExtractor
 
 DEFAULT_NET_ARCH = (256, 256)
 
 
-def default_frames(observation_space: spaces.Space, image_key: str = "image") -> int:
-    """Guess how many frames a channel-first image observation stacks: 4 when the channels divide by 4, else 1.
+def image_space_of(observation_space: spaces.Space, image_key: str = "image") -> spaces.Space:
+    """The image part of an observation space: the space itself, or the Dict entry ``image_key``.
 
-    Pass ``features_extractor_kwargs=dict(frames=N)`` to override the guess.
+    :param observation_space: a Box image space or a Dict space holding one
+    :param image_key: the Dict key of the image
+    :return: the image space
+    :raises ValueError: for a Dict without ``image_key``, naming the keys it has
+    """
+    if not isinstance(observation_space, spaces.Dict):
+        return observation_space
+    if image_key not in observation_space.spaces:
+        images = [k for k, s in observation_space.spaces.items() if isinstance(s, spaces.Box) and len(s.shape) == 3]
+        hint = f"; pass features_extractor_kwargs=dict(image_key={images[0]!r})" if images else ""
+        raise ValueError(
+            f"the Dict observation space has no image key {image_key!r}; its keys are {sorted(observation_space.spaces)}"
+            + hint
+        )
+    return observation_space.spaces[image_key]
+
+
+def default_frames(observation_space: spaces.Space, rnn: str | None, image_key: str = "image") -> int:
+    """The frame count of an image observation when neither the env nor the caller gave one.
+
+    Frames are never guessed from a channel count: a stacked-channel CNN (``rnn=None``) reads every channel at once,
+    so one frame of all channels is exact; a per-frame encoder (``rnn`` set) needs the real count, and gets 1 only
+    for a 1- or 3-channel image (one grayscale or RGB frame).
 
     :param observation_space: a Box image space or a Dict space holding one under ``image_key``
+    :param rnn: the encoder's recurrent layer type, None for the stacked-channel CNN
     :param image_key: the Dict key of the image
     :return: the number of frames
+    :raises ValueError: a per-frame encoder on a multi-channel image whose frame count nobody stated
     """
-    space = observation_space[image_key] if isinstance(observation_space, spaces.Dict) else observation_space
+    space = image_space_of(observation_space, image_key)
     channels = space.shape[0] if isinstance(space, spaces.Box) and len(space.shape) == 3 else 1
-    return 4 if channels % 4 == 0 else 1
+    if rnn is None or channels in (1, 3):
+        return 1
+    raise ValueError(
+        f"the per-frame encoder (rnn={rnn!r}) needs to know how many frames the {channels}-channel image stacks, and "
+        "the env does not say (no VecFrameStack, FrameStackObservation or frame_stack attribute); pass "
+        "policy_kwargs=dict(features_extractor_kwargs=dict(frames=N))"
+    )
 
 
 class CnnPolicy(TD3Policy):
     """TD3 policy for image (Box) observations; see :class:`stable_baselines3.td3.policies.TD3Policy` for the arguments.
 
     A non-image observation is refused (SB3's TD3 says "You should use NatureCNN only with images"); use
-    ``MlpPolicy``. Only the defaults differ: ``features_extractor_class=CnnGruExtractor`` (pooled NatureCNN + GRU-48, the frame
-    count guessed by :func:`default_frames`) and ``net_arch=[256, 256]`` (SB3 would give a custom extractor
-    [400, 300]). ``share_features_extractor=True`` is refused: it lets the actor loss alone train the encoder.
+    ``MlpPolicy``. Only the defaults differ: ``features_extractor_class=CnnGruExtractor`` with the settings of
+    ``encoder_preset`` (:data:`~sb3_carla_td3.extractors.ENCODER_PRESETS`; explicit ``features_extractor_kwargs``
+    override single entries) and ``net_arch=[256, 256]`` (SB3 would give a custom extractor [400, 300]).
+    ``share_features_extractor=True`` is refused: it lets the actor loss alone train the encoder.
+
+    :param encoder_preset: "nature" (default: stacked NatureCNN, 50-feature trunk, centred pixels; the recipe every
+        learning result uses) or "pooled_gru" (the design card's per-frame pooled CNN + GRU-48, ~60x the cost, for a
+        GPU); only read when ``features_extractor_class`` is None or :class:`CnnGruExtractor`
     """
 
     def __init__(
@@ -53,8 +88,11 @@ class CnnPolicy(TD3Policy):
         features_extractor_class: type[BaseFeaturesExtractor] | None = None,
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
+        encoder_preset: str = "nature",
         **kwargs: Any,
     ) -> None:
+        if encoder_preset not in ENCODER_PRESETS:
+            raise ValueError(f"encoder_preset must be one of {sorted(ENCODER_PRESETS)}, got {encoder_preset!r}")
         if share_features_extractor:
             raise ValueError(
                 "share_features_extractor=True is not supported by TD3CNN: SB3's TD3 then trains the shared encoder "
@@ -69,8 +107,11 @@ class CnnPolicy(TD3Policy):
             features_extractor_class = CnnGruExtractor
         features_extractor_kwargs = dict(features_extractor_kwargs or {})
         if features_extractor_class is CnnGruExtractor:
-            image_key = features_extractor_kwargs.get("image_key", "image")
-            features_extractor_kwargs.setdefault("frames", default_frames(observation_space, image_key))
+            features_extractor_kwargs = {**ENCODER_PRESETS[encoder_preset], **features_extractor_kwargs}
+            if features_extractor_kwargs.get("frames") is None:
+                image_key = features_extractor_kwargs.get("image_key", "image")
+                rnn = features_extractor_kwargs.get("rnn")
+                features_extractor_kwargs["frames"] = default_frames(observation_space, rnn, image_key)
         super().__init__(
             observation_space,
             action_space,
@@ -81,6 +122,10 @@ class CnnPolicy(TD3Policy):
             share_features_extractor=False,
             **kwargs,
         )
+        self.encoder_preset = encoder_preset
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "encoder_preset": self.encoder_preset}
 
 
 class MultiInputPolicy(CnnPolicy):

@@ -31,6 +31,28 @@ REFERENCES: dict[str, dict[str, Any]] = {
         "critic_grad_clip": 10.0,
         "weight_decay": 0.0,
     },
+    # Stable-Baselines3's TD3 constructor defaults (2.9): what a user of SB3 expects when passing nothing; TD3CNN's
+    # own defaults differ where docs/results.md measured a reason (see TD3CNN's docstring).
+    "sb3_td3": {
+        "actor_lr": 1e-3,
+        "critic_lr": 1e-3,
+        "batch_size": 256,
+        "gamma": 0.99,
+        "tau": 0.005,
+        "target_policy_noise": 0.2,
+        "target_noise_clip": 0.5,
+        "policy_delay": 2,
+        "exploration_noise": 0.0,
+        "buffer_size": 1_000_000,
+        "learning_starts": 100,
+        "train_freq": "1 step",
+        "gradient_steps": 1,
+        "actor_grad_clip": None,
+        "critic_grad_clip": None,
+        "weight_decay": 0.0,
+        "preact_penalty": 0.0,
+        "encoder": "separate",
+    },
 }
 
 
@@ -125,15 +147,17 @@ def effective_hyperparameters(model: Any) -> dict[str, Any]:
     else:
         exploration = type(noise).__name__
     decays = {g.get("weight_decay", 0.0) for opt in (model.actor.optimizer, model.critic.optimizer) for g in opt.param_groups}
+    encoder = getattr(model.policy, "encoder", None) or model.critic.features_extractor
+    cnn = getattr(encoder, "cnn", None)
     return {
         "actor_lr": model.actor.optimizer.param_groups[0]["lr"],
         "critic_lr": model.critic.optimizer.param_groups[0]["lr"],
         "batch_size": model.batch_size,
         "gamma": model.gamma,
         "tau": model.tau,
-        "target_policy_noise": model.target_policy_noise,
-        "target_noise_clip": model.target_noise_clip,
-        "policy_delay": model.policy_delay,
+        "target_policy_noise": getattr(model, "target_policy_noise", None),
+        "target_noise_clip": getattr(model, "target_noise_clip", None),
+        "policy_delay": getattr(model, "policy_delay", None),
         "exploration_noise": exploration,
         "buffer_size": model.buffer_size,
         "learning_starts": model.learning_starts,
@@ -142,6 +166,14 @@ def effective_hyperparameters(model: Any) -> dict[str, Any]:
         "actor_grad_clip": getattr(model, "actor_grad_clip", None),
         "critic_grad_clip": getattr(model, "critic_grad_clip", None),
         "weight_decay": decays.pop() if len(decays) == 1 else sorted(decays),
+        "preact_penalty": getattr(model, "preact_penalty", 0.0),
+        "encoder": getattr(model, "encoder", "separate"),
+        "cnn": getattr(encoder, "cnn_type", type(encoder).__name__),
+        "rnn": getattr(encoder, "rnn_type", None),
+        "frames": getattr(encoder, "frames", None),
+        "image_features": getattr(encoder, "image_features_dim", None),
+        "center_pixels": getattr(cnn, "center_pixels", False),
+        "augment": getattr(model, "augment", None),
     }
 
 

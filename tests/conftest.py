@@ -12,8 +12,8 @@ from sb3_carla_td3.td3_cnn import TD3CNN
 
 th.set_num_threads(1)
 
-#: A cheap encoder for mechanism tests: stacked NatureCNN (36 px is its minimum) with 16 features.
-TINY_ENCODER: dict[str, Any] = {"cnn": "nature", "rnn": None, "cnn_features": 16}
+#: A cheap encoder for mechanism tests: stacked NatureCNN (36 px is its minimum) with 16 features, no trunk.
+TINY_ENCODER: dict[str, Any] = {"cnn": "nature", "rnn": None, "cnn_features": 16, "trunk": None, "center_pixels": False}
 
 
 def make_image_env(size: int = 36, channels: int = 4) -> FakeImageEnv:
@@ -22,8 +22,10 @@ def make_image_env(size: int = 36, channels: int = 4) -> FakeImageEnv:
 
 
 def make_model(env: Any = None, **kwargs: Any) -> TD3CNN:
-    """A TD3CNN with tiny networks; any argument can be overridden."""
+    """A TD3CNN with tiny networks and separate encoders (the layout most mechanism tests inspect: an actor CNN and a
+    critic CNN); any argument can be overridden, ``encoder="shared"`` included."""
     params: dict[str, Any] = {
+        "encoder": "separate",
         "buffer_size": 250,
         "learning_starts": 32,
         "batch_size": 8,

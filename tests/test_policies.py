@@ -10,6 +10,7 @@ import pytest
 import torch as th
 from conftest import make_image_env
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
 from sb3_carla_td3 import TD3CNN, CnnGruExtractor
 from sb3_carla_td3 import td3_cnn as td3_cnn_module
@@ -38,21 +39,31 @@ class TinyDictEnv(gym.Env):
         return obs, reward, False, self.steps >= 20, {}
 
 
-def test_cnn_policy_defaults_to_pooled_cnn_gru_48_and_256_256_heads():
+def test_cnn_policy_defaults_to_the_recipe_encoder_shared_and_256_256_heads():
     model = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, device="cpu")
-    extractor = model.critic.features_extractor
-    assert isinstance(extractor, CnnGruExtractor)
-    assert (extractor.cnn_type, extractor.rnn_type, extractor.frames) == ("pooled", "gru", 4)
-    assert extractor.rnn.hidden_size == 48 and extractor.features_dim == 48
+    encoder = model.policy.encoder
+    assert model.encoder == "shared" and isinstance(encoder, CnnGruExtractor)
+    assert (encoder.cnn_type, encoder.rnn_type, encoder.image_features_dim) == ("nature", None, 50)
+    assert encoder.cnn.center_pixels and encoder.trunk is not None
+    assert encoder.frames == 1  # the env does not say it stacks frames: the stacked CNN reads all 4 channels at once
     assert model.policy.net_arch == [256, 256]
-    assert isinstance(model.actor.features_extractor, CnnGruExtractor)
-    assert model.actor.features_extractor is not extractor
+
+
+def test_pooled_gru_preset_is_one_argument_and_needs_a_stated_frame_count():
+    env = VecFrameStack(DummyVecEnv([lambda: make_image_env(channels=1)]), 4)
+    model = TD3CNN("CnnPolicy", env, buffer_size=100, policy_kwargs={"encoder_preset": "pooled_gru"}, device="cpu")
+    encoder = model.policy.encoder
+    assert (encoder.cnn_type, encoder.rnn_type, encoder.frames, encoder.rnn.hidden_size) == ("pooled", "gru", 4, 48)
+    with pytest.raises(ValueError, match=r"per-frame encoder \(rnn='gru'\).*4-channel image.*frames=N"):
+        TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, policy_kwargs={"encoder_preset": "pooled_gru"})
+    with pytest.raises(ValueError, match="encoder_preset must be one of"):
+        TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, policy_kwargs={"encoder_preset": "resnet"})
 
 
 def test_policy_kwargs_override_the_defaults():
     kwargs = {"net_arch": [32], "features_extractor_kwargs": {"cnn": "nature", "rnn": None, "cnn_features": 16}}
     model = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, policy_kwargs=kwargs, device="cpu")
-    assert model.policy.net_arch == [32] and model.critic.features_extractor.rnn is None
+    assert model.policy.net_arch == [32] and model.policy.encoder.cnn.linear[0].out_features == 16
 
 
 def test_share_features_extractor_is_refused_with_the_alternative():
@@ -76,10 +87,12 @@ def test_dict_observation_trains_end_to_end(encoder):
 
 def test_pooled_encoder_on_cpu_warns_once_with_the_measured_time(monkeypatch):
     monkeypatch.setattr(td3_cnn_module, "SLOW_STEP_WARNING_S", 0.0)
-    kwargs = {"net_arch": [8], "features_extractor_kwargs": {"cnn_features": 8, "rnn_hidden": 4}}
+    extractor = {"cnn_features": 8, "rnn_hidden": 4, "frames": 4}
+    kwargs = {"net_arch": [8], "encoder_preset": "pooled_gru", "features_extractor_kwargs": extractor}
     model = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, learning_starts=20, batch_size=4,
                    policy_kwargs=kwargs, device="cpu")  # fmt: skip
-    with pytest.warns(RuntimeWarning, match=r"one gradient step takes \d+\.\d+ s on CPU .*cnn='nature'") as record:
+    assert model.encoder == "shared"  # the warning reads the shared encoder, not the heads' flatten layer
+    with pytest.warns(RuntimeWarning, match=r"one gradient step takes \d+\.\d+ s on CPU .*encoder_preset='nature'") as record:
         model.learn(30)
     assert sum("one gradient step takes" in str(w.message) for w in record) == 1
 

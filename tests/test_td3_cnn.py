@@ -324,7 +324,7 @@ def test_preact_penalty_pulls_a_saturated_actor_off_its_plateau(encoder):
 
 def test_n_steps_on_a_frame_stack_names_the_buffer_and_the_way_out():
     with pytest.raises(ValueError, match=r"n_steps=3 needs SB3's NStepReplayBuffer.*replay_buffer='sb3'"):
-        make_model(n_steps=3, replay_buffer="frame_stack")
+        make_model(n_steps=3, replay_buffer="frame_stack", policy_kwargs={"features_extractor_kwargs": {"frames": 4}})
 
 
 def test_n_steps_with_dict_observations_raises_instead_of_an_assertion():
