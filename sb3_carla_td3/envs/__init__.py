@@ -1,7 +1,9 @@
 """Environments with one interface: Dict or Box frame-stacked uint8 images, actions [steer, throttle_brake] in [-1, 1].
 
 ``make_env("carracing")`` is the embedded default (gymnasium CarRacing-v3, no server needed);
-``make_env("carla")`` needs the ``[carla]`` extra and a running CARLA 0.9.16 server.
+``make_env("carla")`` needs the ``[carla]`` extra and a running CARLA 0.9.16 server. The driving recipe's env rules
+(soft brake, stuck and off-track endings, action repeat) are also gymnasium wrappers for an env of your own
+(:mod:`sb3_carla_td3.envs.wrappers`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from sb3_carla_td3.envs.carla.config import CameraConfig, CarlaConfig, RewardCon
 from sb3_carla_td3.envs.carla.env import CarlaEnv
 from sb3_carla_td3.envs.carla.vec_env import make_carla_vec_env
 from sb3_carla_td3.envs.carracing import CarRacingConfig, CarRacingEnv
+from sb3_carla_td3.envs.wrappers import (
+    ActionRepeat,
+    OffTrackTermination,
+    PedalMapping,
+    StreakCounter,
+    StuckTermination,
+    carracing_off_track,
+    carracing_speed,
+    pedal_control,
+)
 
 ENV_NAMES = ("carracing", "carla")
 
@@ -70,13 +82,21 @@ def make_env(name: str, config: Any = None, render_mode: str | None = None, **ov
 
 __all__ = [
     "ENV_NAMES",
+    "ActionRepeat",
     "CameraConfig",
     "CarRacingConfig",
     "CarRacingEnv",
     "CarlaConfig",
     "CarlaEnv",
+    "OffTrackTermination",
+    "PedalMapping",
     "RewardConfig",
     "RouteConfig",
+    "StreakCounter",
+    "StuckTermination",
+    "carracing_off_track",
+    "carracing_speed",
     "make_carla_vec_env",
     "make_env",
+    "pedal_control",
 ]

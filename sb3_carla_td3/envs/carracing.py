@@ -2,7 +2,9 @@
 
 Actions are ``[steer, throttle_brake]`` in ``[-1, 1]``; observations are channel-first uint8 frame stacks (newest frame
 last, as SB3's ``VecFrameStack`` builds them), optionally with a vector of the car's physics under a Dict observation.
-Episodes end early when the car stays off the track or stands still, so that episode length means something.
+Episodes end early when the car stays off the track or stands still, so that episode length means something. The pedal
+mapping and the stuck and off-track rules are those of :mod:`sb3_carla_td3.envs.wrappers` (the same functions), which
+apply them to an env of your own, gymnasium's ``CarRacing-v3`` included.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pygame import gfxdraw
 
 from sb3_carla_td3.envs.carracing_config import PEDAL_MAPPINGS as PEDAL_MAPPINGS  # importable here as before
 from sb3_carla_td3.envs.carracing_config import STATE_SIZE, CarRacingConfig
+from sb3_carla_td3.envs.wrappers import StreakCounter, carracing_off_track, carracing_speed, pedal_control
 
 __all__ = ["VECTOR_FIELDS", "CarRacingConfig", "CarRacingEnv"]
 
@@ -207,7 +210,10 @@ class CarRacingEnv(gym.Env):
         else:
             self.observation_space = image_space
         self._stack = np.zeros(image_space.shape, dtype=np.uint8)
-        self._steps = self._offtrack_count = self._stuck_count = 0
+        self._steps = 0
+        # The same streak rules as the OffTrackTermination and StuckTermination wrappers (sb3_carla_td3.envs.wrappers).
+        self._offtrack = StreakCounter(config.offtrack_steps)
+        self._stuck = StreakCounter(config.stuck_steps)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -227,7 +233,9 @@ class CarRacingEnv(gym.Env):
                 self._core.step(None)  # type: ignore[arg-type]  # CarRacing.step(None) runs a frame without action; typed without None
         track = np.array(self._core.track, dtype=np.float64)  # rows (alpha, beta, x, y), in driving order
         self._track_xy, self._track_beta = track[:, 2:4], track[:, 1]
-        self._steps = self._offtrack_count = self._stuck_count = 0
+        self._steps = 0
+        self._offtrack.reset()
+        self._stuck.reset()
         self._stack[:] = 0
         if self.config.image_obs:
             self._stack[-self._channels :] = self._frame()
@@ -246,12 +254,8 @@ class CarRacingEnv(gym.Env):
         if values is None or values.shape != (2,) or not np.all(np.isfinite(values)):
             raise ValueError(f"action must be a finite array of shape (2,) in {self.action_space}, got {action!r}")
         steer, pedal = np.clip(values, -1.0, 1.0).tolist()
-        max_brake = self.config.max_brake
-        if self.config.pedal == "linear":  # [-1, 1] onto [-max_brake, 1]: the centre of a tanh actor gives some gas
-            pedal = -max_brake + (pedal + 1.0) / 2.0 * (1.0 + max_brake)
-            max_brake = 1.0
         # CarRacing's [steer, gas, brake]; a softer brake lets random exploration move the car (zero gas only coasts).
-        control = np.array([steer, max(pedal, 0.0), max_brake * max(-pedal, 0.0)])
+        control = np.array(pedal_control(steer, pedal, self.config.max_brake, self.config.pedal))
         reward, terminated, inner_info = 0.0, False, {}
         for _ in range(self.config.action_repeat):
             _, frame_reward, terminated, _, inner_info = self._core.step(control)
@@ -259,11 +263,9 @@ class CarRacingEnv(gym.Env):
             if terminated:
                 break
         self._steps += 1
-        off_track = all(not wheel.tiles for wheel in self._car.wheels)
-        self._offtrack_count = self._offtrack_count + 1 if off_track else 0
+        self._offtrack.update(carracing_off_track(self._core))
         zoomed_in = self._core.t >= 1.0 - 1e-6  # the camera zoom-in lasts CarRacing's first second
-        slow = zoomed_in and self._speed() < self.config.stuck_speed
-        self._stuck_count = self._stuck_count + 1 if slow else 0
+        self._stuck.update(zoomed_in and self._speed() < self.config.stuck_speed)
         reason = self._end_reason(terminated, bool(inner_info.get("lap_finished")))
         if reason == "offtrack":
             reward += self.config.offtrack_penalty
@@ -288,9 +290,9 @@ class CarRacingEnv(gym.Env):
         """
         if carracing_terminated:
             return "lap_complete" if lap_finished else "out_of_playfield"
-        if 0 < self.config.offtrack_steps <= self._offtrack_count:
+        if self._offtrack.reached:
             return "offtrack"
-        if 0 < self.config.stuck_steps <= self._stuck_count:
+        if self._stuck.reached:
             return "stuck"
         return "max_steps" if self._steps >= self.config.max_episode_steps else None
 
@@ -333,9 +335,14 @@ class CarRacingEnv(gym.Env):
             raise RuntimeError("CarRacingEnv has no car before reset(): call reset() first")
         return car
 
+    @property
+    def _offtrack_count(self) -> int:
+        """:return: consecutive steps so far with all four wheels off the road"""
+        return self._offtrack.count
+
     def _speed(self) -> float:
         """:return: the car's speed in m/s (Box2D units per second)"""
-        return float(math.hypot(*self._car.hull.linearVelocity))
+        return carracing_speed(self._core)
 
     def _vector(self) -> np.ndarray:
         """:return: float32 array of the ``VECTOR_FIELDS`` (see the class docstring)"""

@@ -12,6 +12,7 @@ from typing import Any
 
 from gymnasium.envs.box2d import car_racing
 
+from sb3_carla_td3.envs.wrappers import PEDAL_MAPPINGS as PEDAL_MAPPINGS  # how ``pedal`` maps throttle_brake
 from sb3_carla_td3.errors import ConfigError
 
 STATE_SIZE = car_racing.STATE_H  # 96: side of CarRacing's state image
@@ -30,8 +31,6 @@ _CONFIG_LIMITS: dict[str, tuple[type, float | None, float | None]] = {
     "max_brake": (float, 0.0, 1.0),  # lowest value excluded
     "pedal": (str, None, None),
 }
-#: How ``pedal`` maps the throttle_brake action ``a`` in [-1, 1] onto CarRacing's pedals (see the class docstring).
-PEDAL_MAPPINGS: tuple[str, ...] = ("split", "linear")
 _EXCLUSIVE_LOW = ("lap_complete_percent", "max_brake")  # fields whose lowest value is excluded
 
 

@@ -31,6 +31,7 @@ from sb3_carla_td3.envs.carla.episode import (
     observation_vector,
     random_route,
     sensor_specs,
+    stuck_steps_limit,
 )
 from sb3_carla_td3.envs.carla.rewards import REWARD_TERMS, RewardInputs, compute_reward_terms
 from sb3_carla_td3.envs.carla.routes import Route, RoutePlanner, load_waypoint_file, wrap_angle
@@ -44,6 +45,7 @@ from sb3_carla_td3.envs.carla.sensors import (
     repeat_newest_frame,
 )
 from sb3_carla_td3.envs.carla.server import CarlaServerSupervisor
+from sb3_carla_td3.envs.wrappers import StreakCounter, pedal_control
 from sb3_carla_td3.errors import CarlaConnectionError
 
 logger = logging.getLogger(__name__)
@@ -190,7 +192,8 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._route: Route | None = None
         self._s_m = 0.0
         self._steps = 0
-        self._stuck_steps = 0
+        #: Consecutive steps below ``stuck_speed_mps`` (the rule of the StuckTermination wrapper).
+        self._stuck = StreakCounter(stuck_steps_limit(cfg))
         self._prev_action = np.zeros(2)
         self._last_obs: dict[str, np.ndarray] | None = None
         self._last_rgb: np.ndarray | None = None
@@ -377,7 +380,8 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._ego, self._route = ego, route
         x, y, yaw, speed = self._measure()
         projection = route.project(x, y, s_hint_m=0.0, window_m=PROJECTION_WINDOW_M)
-        self._s_m, self._steps, self._stuck_steps = projection.s_m, 0, 0
+        self._s_m, self._steps = projection.s_m, 0
+        self._stuck.reset()
         self._prev_action = np.zeros(2)
         image = self._frames.reset(self._preprocess(readings))
         obs = {"image": image, "vector": observation_vector(route, projection, (x, y, yaw, speed), cfg.route)}
@@ -538,8 +542,8 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             raise RuntimeError(f"{type(self).__name__}.step() needs a running episode: call reset() first")
         cfg = self.config
         steer, throttle_brake = float(action[0]), float(action[1])
-        brake = cfg.max_brake * max(-throttle_brake, 0.0)
-        control = self._carla.VehicleControl(throttle=max(throttle_brake, 0.0), steer=steer, brake=brake)
+        _, throttle, brake = pedal_control(steer, throttle_brake, cfg.max_brake, "split")
+        control = self._carla.VehicleControl(throttle=throttle, steer=steer, brake=brake)
         try:
             self._ego.apply_control(control)
             readings = self._sensors.collect(self._world.tick(cfg.timeout_s), cfg.timeout_s)
@@ -547,14 +551,14 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         except CARLA_FAILURES as e:
             return self._abort_episode(e)
         self._steps += 1
-        self._stuck_steps = self._stuck_steps + 1 if speed < cfg.stuck_speed_mps else 0
+        self._stuck.update(speed < cfg.stuck_speed_mps)
         projection = route.project(x, y, s_hint_m=self._s_m, window_m=PROJECTION_WINDOW_M)
         progress_m, self._s_m = projection.s_m - self._s_m, projection.s_m
         heading_error = wrap_angle(yaw - projection.tangent_yaw_rad)
         collision, lane_invasion = bool(readings.collisions), bool(readings.lane_invasions)
         off_road = abs(projection.lateral_m) > cfg.max_lateral_deviation_m
         remaining_m = route.length_m - projection.s_m
-        reason, terminated = end_reason(cfg, collision, off_road, remaining_m, self._steps, self._stuck_steps)
+        reason, terminated = end_reason(cfg, collision, off_road, remaining_m, self._steps, self._stuck.count)
         target = projection.target_speed_mps
         inputs = RewardInputs(
             speed_mps=speed,

@@ -185,6 +185,15 @@ def check_action(action: Any, action_space: spaces.Box) -> np.ndarray:
     return np.clip(array, -1.0, 1.0)
 
 
+def stuck_steps_limit(config: CarlaConfig) -> int:
+    """Consecutive slow steps that make the episode end "stuck".
+
+    :param config: ``stuck_seconds`` of simulated time and ``fixed_delta_seconds`` per step.
+    :return: ``ceil(stuck_seconds / fixed_delta_seconds)``, >= 1 (a float error of 1e-9 steps is forgiven).
+    """
+    return math.ceil(config.stuck_seconds / config.fixed_delta_seconds - 1e-9)
+
+
 def end_reason(
     config: CarlaConfig, collision: bool, off_road: bool, remaining_m: float, steps: int, stuck_steps: int
 ) -> tuple[str | None, bool]:
@@ -209,6 +218,6 @@ def end_reason(
             return reason, True
     if steps >= config.max_episode_steps:
         return "max_steps", False
-    if stuck_steps >= math.ceil(config.stuck_seconds / config.fixed_delta_seconds - 1e-9):
+    if stuck_steps >= stuck_steps_limit(config):
         return "stuck", config.reward.stuck_penalty > 0
     return None, False
