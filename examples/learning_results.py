@@ -73,6 +73,14 @@ NOISE_SCHEDULE = {
 SETS["pixels_noise_schedule"] = [("noise 0.3 to 0.1", PIXELS, NOISE_SCHEDULE, seed) for seed in (2, 1, 0)]
 #: The pixels recipe (centred input) beside the first one, and seed 2 with the noise schedule (one figure).
 SETS["pixels_vs_uncentred"] = SETS["pixels"] + SETS["pixels_uncentred"] + SETS["pixels_noise_schedule"][:1]
+#: The design card's architecture under the camera + vector recipe (issue 20, item 3): separate encoders (the actor
+#: trains its own CNN, clipped jointly with its head; targets own Polyak-averaged encoder copies) against shared, and
+#: the card's pooled per-frame NatureCNN + GRU against the stacked NatureCNN at equal frames.
+SEPARATE = {"encoder": {"mode": "separate"}}
+POOLED = {"encoder": {"cnn": "pooled", "rnn": "gru"}}
+SETS["camera_separate"] = [("separate encoders", CAMERA, SEPARATE, seed) for seed in (0, 1, 2)]
+SETS["camera_pooled"] = [("pooled CNN + GRU", CAMERA, POOLED, 0)]
+SETS["camera_architecture"] = SETS["camera"] + SETS["camera_separate"] + SETS["camera_pooled"]
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
 SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 

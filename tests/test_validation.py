@@ -294,3 +294,25 @@ def test_learning_row_is_not_judged_on_too_few_episodes():
     from sb3_carla_td3.validation.report import learning_row
 
     assert learning_row([{"return": 1.0}] * 5).passed is None
+
+
+def test_keep_last_deletes_older_checkpoints_and_learn_resumably_continues_to_the_total(tmp_path):
+    from conftest import make_model
+
+    from sb3_carla_td3 import TD3CNN
+
+    directory = tmp_path / "checkpoints"
+    env = make_model().get_env()
+    model, status = checkpoints.learn_resumably(
+        lambda: make_model(env, learning_starts=10), lambda path: TD3CNN.load(path, env=env), 40, directory, 15, []
+    )
+    assert status == "completed" and model.num_timesteps == 40
+    # checkpoints at 15, 30 and the end (40); only the newest stays, with its replay buffer
+    assert sorted(p.name for p in directory.glob("model_*")) == ["model_40_steps.zip", "model_40_steps_replay_buffer.pkl"]
+    resumed, status = checkpoints.learn_resumably(
+        lambda: pytest.fail("a run with a checkpoint must resume, not start again"),
+        lambda path: TD3CNN.load(path, env=env), 70, directory, 15, [],
+    )  # fmt: skip
+    assert status == "completed" and resumed.num_timesteps == 70 and resumed.replay_buffer.size() == 70
+    with pytest.raises(ValueError, match="keep_last must be >= 1"):
+        checkpoints.save_checkpoint(resumed, directory, keep_last=0)

@@ -1,11 +1,15 @@
-"""Atomic checkpoints: a checkpoint is written to a temporary file and renamed, so it is never left half-written."""
+"""Atomic checkpoints (written to a temporary file and renamed, never left half-written), and runs that resume from
+them and save one on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ def save_checkpoint(
     directory: str | Path,
     save_replay_buffer: bool = False,
     health_state: dict[str, Any] | None = None,
+    keep_last: int | None = None,
 ) -> Path:
     """Save ``model`` (and optionally its replay buffer and health-check state) atomically, then point
     ``latest.json`` at it.
@@ -29,8 +34,12 @@ def save_checkpoint(
     :param directory: the checkpoint directory
     :param save_replay_buffer: also save the replay buffer (off-policy algorithms only)
     :param health_state: :meth:`TrainingHealthCallback.state_dict`, pickled beside the model (None: not saved)
+    :param keep_last: then delete all but the newest ``keep_last`` checkpoints (None: keep all). SB3 saves a replay
+        buffer whole, its unused part too: a 1M-transition buffer of 40x40 frames takes 1.6 GB per checkpoint
     :return: the model file written
     """
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 or None, got {keep_last!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"model_{model.num_timesteps}_steps"
@@ -55,7 +64,19 @@ def save_checkpoint(
     tmp_latest = directory / f".{LATEST}.tmp"
     tmp_latest.write_text(json.dumps(record))
     os.replace(tmp_latest, directory / LATEST)
+    if keep_last is not None:
+        found = (_steps_of(p) for p in directory.glob("model_*_steps*"))
+        steps = sorted({n for n in found if n is not None}, reverse=True)
+        for old in steps[keep_last:]:
+            for path in directory.glob(f"model_{old}_steps*"):
+                path.unlink(missing_ok=True)
     return model_path
+
+
+def _steps_of(path: Path) -> int | None:
+    """:return: the timestep count in a checkpoint file name ``model_<steps>_steps...``, or None"""
+    parts = path.name.split("_")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() and parts[2].startswith("steps") else None
 
 
 def latest_checkpoint(directory: str | Path) -> dict[str, Any] | None:
@@ -89,6 +110,7 @@ class AtomicCheckpointCallback(BaseCallback):
     :param save_replay_buffer: also save the replay buffer with each checkpoint
     :param health_state: called at each checkpoint for the health checks' state to save with it
         (``TrainingHealthCallback.state_dict``); None saves none
+    :param keep_last: keep only the newest ``keep_last`` checkpoints (None: all); see :func:`save_checkpoint`
     :param verbose: 1 prints each checkpoint path
     """
 
@@ -99,12 +121,13 @@ class AtomicCheckpointCallback(BaseCallback):
         save_replay_buffer: bool = False,
         health_state: Callable[[], dict[str, Any]] | None = None,
         verbose: int = 0,
+        keep_last: int | None = None,
     ) -> None:
         super().__init__(verbose=verbose)
         if save_freq < 1:
             raise ValueError(f"save_freq must be >= 1 env steps, got {save_freq!r}")
         self.save_freq, self.directory, self.save_replay_buffer = save_freq, Path(directory), save_replay_buffer
-        self.health_state = health_state
+        self.health_state, self.keep_last = health_state, keep_last
         self._next = save_freq
 
     def _init_callback(self) -> None:
@@ -118,7 +141,71 @@ class AtomicCheckpointCallback(BaseCallback):
         # holds every counted timestep; before train(), which the resumed run then performs.
         if self.num_timesteps >= self._next:
             state = None if self.health_state is None else self.health_state()
-            path = save_checkpoint(self.model, self.directory, self.save_replay_buffer, state)
+            path = save_checkpoint(self.model, self.directory, self.save_replay_buffer, state, self.keep_last)
             self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
             if self.verbose >= 1:
                 print(f"checkpoint: {path}")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM (``kill``, a batch scheduler's stop, a container stop) acts like Ctrl-C.
+
+    :func:`train` then saves a checkpoint and the report as for Ctrl-C instead of dying with nothing saved. Only the
+    main thread can handle signals: elsewhere the block changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def learn_resumably(
+    build: Callable[[], OffPolicyAlgorithm],
+    load: Callable[[Path], OffPolicyAlgorithm],
+    total_timesteps: int,
+    directory: str | Path,
+    save_freq: int,
+    callbacks: list[BaseCallback],
+) -> tuple[OffPolicyAlgorithm, str]:
+    """Learn up to ``total_timesteps``, continuing from the newest checkpoint in ``directory`` when there is one.
+
+    Checkpoints (model and replay buffer, the newest only) every ``save_freq`` env steps and at the end; Ctrl-C or
+    SIGTERM saves one before returning. Running the same call again continues the run.
+
+    :param build: makes a new model (no checkpoint yet)
+    :param load: loads the model of a checkpoint file (with the env attached)
+    :param total_timesteps: the run's budget in env steps, over every sitting
+    :param directory: the checkpoint directory
+    :param save_freq: env steps between checkpoints
+    :param callbacks: the run's other callbacks (evaluation, monitoring)
+    :return: the model and the status, "completed" or "interrupted"
+    """
+    checkpoint = latest_checkpoint(directory)
+    if checkpoint is None:
+        model = build()
+    else:
+        model = load(checkpoint["model"])
+        if checkpoint["replay_buffer"] is not None:
+            model.load_replay_buffer(checkpoint["replay_buffer"])
+        print(f"resumed from {checkpoint['model']} ({model.num_timesteps:,} steps)", flush=True)
+    saver = AtomicCheckpointCallback(save_freq, directory, save_replay_buffer=True, keep_last=1)
+    status = "completed"
+    try:
+        with terminate_as_interrupt():
+            remaining = max(total_timesteps - model.num_timesteps, 0)
+            model.learn(remaining, callback=[*callbacks, saver], reset_num_timesteps=checkpoint is None)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    newest = latest_checkpoint(directory)
+    if newest is None or newest["timesteps"] != model.num_timesteps:
+        save_checkpoint(model, directory, save_replay_buffer=True, keep_last=1)
+    return model, status

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from sb3_carla_td3.validation.checkpoints import (
     latest_checkpoint,
     load_health_state,
     save_checkpoint,
+    terminate_as_interrupt,
 )
 from sb3_carla_td3.validation.evaluation import DrivingEvalCallback, evaluation_options, frames_per_step
 from sb3_carla_td3.validation.recorder import MetricsRecorder, load_history
@@ -186,27 +184,6 @@ def build_model(config: RunConfig, env: VecEnv) -> TD3CNN:
     if kwargs["device"] == "auto":
         kwargs["device"] = "cuda" if th.cuda.is_available() else "cpu"
     return TD3CNN(policy, env, **kwargs)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """Inside the block, SIGTERM (``kill``, a batch scheduler's stop, a container stop) acts like Ctrl-C.
-
-    :func:`train` then saves a checkpoint and the report as for Ctrl-C instead of dying with nothing saved. Only the
-    main thread can handle signals: elsewhere the block changes nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def train(
