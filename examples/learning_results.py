@@ -1,13 +1,19 @@
 """The learning results of docs/results.md: recipes, their robustness grid and ablations, as evaluation curves.
 
-    python examples/learning_results.py run SET [SET ...] [--out runs/learning] [--jobs 2] [--timesteps N]
+    python examples/learning_results.py run SET [SET ...] [--out runs/learning] [--jobs 2] [--timesteps N] [--device D]
     python examples/learning_results.py summarize [--out runs/learning] [--docs docs/learning]
+
+On a GPU, the design card's pooled CNN + GRU recipe on 3 seeds at once (issue 20, item 3):
+
+    python examples/learning_results.py run camera_pooled_seeds --device cuda --jobs 3
 
 ``run`` trains every run of the named sets (see ``SETS``) that has no report.json yet, ``--jobs`` at a time, each in
 a fresh process with one torch thread; a run cut short with checkpoints is resumed. Every run is a phase-3 run
 (:func:`sb3_carla_td3.validation.phases.phase3`): deterministic evaluation every ``run.eval_freq`` steps on fresh
 seeded tracks (CarRacing-v3's own 1,000-frame episodes), so each run directory holds eval/evaluations.json, its
-report and plots. ``summarize`` prints one table per set and draws each set's curves (band over seeds).
+report and plots; a run whose "file" is a script of examples/ (the sets ``one_liner`` and ``own_env``) runs that
+script with ``--seed`` and ``--out``. ``summarize`` prints one table per set and draws each set's curves (band over
+seeds).
 """
 
 from __future__ import annotations
@@ -80,7 +86,17 @@ SEPARATE = {"encoder": {"mode": "separate"}}
 POOLED = {"encoder": {"cnn": "pooled", "rnn": "gru"}}
 SETS["camera_separate"] = [("separate encoders", CAMERA, SEPARATE, seed) for seed in (0, 1, 2)]
 SETS["camera_pooled"] = [("pooled CNN + GRU", CAMERA, POOLED, 0)]
+#: The pooled CNN + GRU recipe on 3 seeds, for a GPU (one command: ``run camera_pooled_seeds --device cuda --jobs 3``).
+SETS["camera_pooled_seeds"] = [("pooled CNN + GRU", CAMERA, POOLED, seed) for seed in (0, 1, 2)]
 SETS["camera_architecture"] = SETS["camera"] + SETS["camera_separate"] + SETS["camera_pooled"]
+#: Issue 20's bars run as examples (a Run whose "file" is a script of examples/; its overrides' pseudo-section
+#: ``example`` holds extra command-line flags): the design card's one-liner on the camera + vector env, and the
+#: recipe on gymnasium's own CarRacing-v3 through the wrappers, beside SB3's SAC on the same wrapped env.
+ONE_LINER, OWN_ENV = "one_liner.py", "own_env.py"
+SETS["one_liner"] = [("TD3CNN defaults", ONE_LINER, {}, seed) for seed in (0, 1, 2)]
+SETS["camera_vs_one_liner"] = SETS["camera"] + SETS["one_liner"]
+SETS["own_env"] = [("TD3CNN defaults", OWN_ENV, {}, seed) for seed in (0, 1, 2)]
+SETS["own_env"] += [("SB3 SAC", OWN_ENV, {"example": {"algo": "sac"}}, 0)]
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
 SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 
@@ -92,7 +108,13 @@ def run_name(label: str, file: str, seed: int) -> str:
 
 
 def run_one(
-    label: str, file: str, overrides: dict[str, dict[str, Any]], seed: int, run_dir: str, timesteps: int | None
+    label: str,
+    file: str,
+    overrides: dict[str, dict[str, Any]],
+    seed: int,
+    run_dir: str,
+    timesteps: int | None,
+    device: str | None = None,
 ) -> str:
     """Train (or resume) one run as a phase-3 run in a worker process; return a one-line summary."""
     import torch as th
@@ -101,12 +123,16 @@ def run_one(
     from sb3_carla_td3.validation.phases import phase3
 
     th.set_num_threads(1)
+    if file.endswith(".py"):
+        return _run_example(label, file, overrides, seed, run_dir, timesteps)
     data = copy.deepcopy(_load_yaml(CONFIGS / file))
     overrides = copy.deepcopy(overrides)
     baseline = overrides.pop("baseline", None)
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     data["run"] = {**data.get("run", {}), "seed": seed, "threads": 1, "progress_bar": False}
+    if device is not None:
+        data["run"]["device"] = device
     if timesteps is not None:
         data["run"]["total_timesteps"] = timesteps
     Path(run_dir).parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +146,26 @@ def run_one(
             verdict = phase3(config, run_dir, resume=resume).verdict
     last = _evaluations(Path(run_dir))[-1:] or [{"mean_return": float("nan")}]
     return f"{label} seed {seed}: {verdict}, last evaluation {last[0]['mean_return']:.1f}"
+
+
+def _run_example(
+    label: str, file: str, overrides: dict[str, dict[str, Any]], seed: int, run_dir: str, timesteps: int | None
+) -> str:
+    """Run (or resume) ``examples/<file>`` with ``--seed``, ``--out run_dir`` and the ``example`` flags."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(file).stem, REPO / "examples" / file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--seed", str(seed), "--out", run_dir]
+    argv += [f"--{k}={v}" for k, v in overrides.get("example", {}).items()]
+    argv += [] if timesteps is None else ["--timesteps", str(timesteps)]
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(f"{run_dir}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        module.main(argv)
+    last = _evaluations(Path(run_dir))[-1:] or [{"mean_return": float("nan")}]
+    return f"{label} seed {seed}: example, last evaluation {last[0]['mean_return']:.1f}"
 
 
 def train_baseline(algorithm: str, config: Any, run_dir: Path) -> str:
@@ -203,17 +249,26 @@ def _completed(run_dir: Path) -> bool:
     return report.is_file() and json.loads(report.read_text())["data"]["summary"].get("status") == "completed"
 
 
-def run(sets: list[str], out: Path, jobs: int, timesteps: int | None, reverse: bool = False) -> None:
-    """Train the missing runs of ``sets``, ``jobs`` at a time (last first with ``reverse``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    todo = []
+def plan(
+    sets: list[str], out: Path, timesteps: int | None, device: str | None = None, reverse: bool = False
+) -> list[tuple[Any, ...]]:
+    """The :func:`run_one` arguments of every run of ``sets`` not completed yet, each once (last first with
+    ``reverse``)."""
+    todo: list[tuple[Any, ...]] = []
     for name in sets:
         for label, file, overrides, seed in SETS[name]:
             run_dir = out / run_name(label, file, seed)
             if not _completed(run_dir) and str(run_dir) not in [t[4] for t in todo]:
-                todo.append((label, file, overrides, seed, str(run_dir), timesteps))
-    if reverse:
-        todo.reverse()
+                todo.append((label, file, overrides, seed, str(run_dir), timesteps, device))
+    return todo[::-1] if reverse else todo
+
+
+def run(
+    sets: list[str], out: Path, jobs: int, timesteps: int | None, reverse: bool = False, device: str | None = None
+) -> None:
+    """Train the missing runs of ``sets``, ``jobs`` at a time (last first with ``reverse``) on ``device``."""
+    out.mkdir(parents=True, exist_ok=True)
+    todo = plan(sets, out, timesteps, device, reverse)
     print(f"{len(todo)} runs to do, {jobs} at a time -> {out}", flush=True)
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
@@ -238,7 +293,8 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
         if not evaluations:
             lines.append(f"| {label} | | | {seed} | not run | | | | |")
             continue
-        td3 = _load_yaml(run_dir / "config.yaml")["td3"]
+        config_file = run_dir / "config.yaml"  # examples have none: their settings are the constructor's defaults
+        td3 = _load_yaml(config_file)["td3"] if config_file.is_file() else {}
         last = evaluations[-1]
         lasts.append(last["mean_return"])
         best = max(e["mean_return"] for e in evaluations)
@@ -249,7 +305,8 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
             steps = summary.get("session_timesteps", summary["timesteps"])  # a resumed run timed its last session only
             speed, verdict = f"{steps / summary['seconds']:.1f}", report["verdict"]
         lines.append(
-            f"| {label} | {td3['learning_rate']:g} | {td3['exploration_noise']:g} | {seed} | {last['physics_frames']:,} "
+            f"| {label} | {td3.get('learning_rate', 'default')} | {td3.get('exploration_noise', 'default')} | {seed} "
+            f"| {last['physics_frames']:,} "
             f"| {last['mean_return']:.1f} ± {last['std_return']:.1f} ({len(last['returns'])}) | {best:.1f} "
             f"| {speed} | {verdict} |"
         )
@@ -315,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--jobs", type=int, default=2)
     run_parser.add_argument("--timesteps", type=int, default=None, help="override run.total_timesteps")
     run_parser.add_argument("--reverse", action="store_true", help="last run first (a second worker on the same sets)")
+    run_parser.add_argument("--device", default=None, help="run.device of every config run (cpu, cuda); examples: auto")
     summary_parser = sub.add_parser("summarize", help="print the tables and draw the curves")
     summary_parser.add_argument("--out", type=Path, default=Path("runs/learning"))
     summary_parser.add_argument("--docs", type=Path, default=Path("docs/learning"))
@@ -322,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_parser.add_argument("sets", nargs="*", choices=[*sorted(SETS), []], help="default: every set")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.sets, args.out, args.jobs, args.timesteps, args.reverse)
+        run(args.sets, args.out, args.jobs, args.timesteps, args.reverse, args.device)
     else:
         summarize(args.out, args.docs, args.frames, args.sets)
     return 0

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     model, status = learn_resumably(
         build, lambda path: algorithm.load(path, env=env), args.timesteps, run_dir / "checkpoints", args.eval_freq,
         [evaluation],
+        run_dir / "report.json",
     )  # fmt: skip
     env.close()
     minutes = (time.perf_counter() - started) / 60

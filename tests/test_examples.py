@@ -93,12 +93,23 @@ def test_every_learning_results_run_builds_a_valid_config():
         dirs = [results.run_name(label, file, seed) for label, file, _, seed in runs]
         assert len(set(dirs)) == len(dirs), name
         for label, file, overrides, _ in runs:
+            if file.endswith(".py"):  # an example script run with its own flags
+                assert (results.REPO / "examples" / file).is_file() and set(overrides) <= {"example"}, (name, label)
+                continue
             data = copy.deepcopy(results._load_yaml(results.CONFIGS / file))
             overrides = {section: values for section, values in overrides.items() if section != "baseline"}
             for section, values in overrides.items():
                 assert set(values) <= set(data[section]), (name, label)  # overrides change keys the recipe sets
                 data[section].update(values)
             config_from_dict(data, source=f"{name}: {label}")
+
+
+def test_the_gpu_command_plans_three_pooled_seeds_on_cuda(tmp_path):
+    results = load_example("learning_results")
+    todo = results.plan(["camera_pooled_seeds"], tmp_path, None, device="cuda")
+    assert [t[3] for t in todo] == [0, 1, 2] and {t[6] for t in todo} == {"cuda"}
+    assert all(t[2]["encoder"] == {"cnn": "pooled", "rnn": "gru"} for t in todo)
+    assert "run camera_pooled_seeds --device cuda --jobs 3" in results.__doc__
 
 
 def test_learning_results_ablation_switches_each_ingredient_off():
