@@ -16,7 +16,7 @@ from pathlib import Path
 import torch as th
 
 from sb3_carla_td3 import load_config
-from sb3_carla_td3.saturation import saturation_fraction
+from sb3_carla_td3.callbacks.saturation import saturation_fraction
 from sb3_carla_td3.validation.runner import build_model, make_vec_env
 
 REPO = Path(__file__).resolve().parent.parent

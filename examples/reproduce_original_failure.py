@@ -30,7 +30,7 @@ from stable_baselines3.common.utils import polyak_update
 from torch.nn import functional as F
 
 from sb3_carla_td3 import TD3CNN, load_config
-from sb3_carla_td3.saturation import SATURATED
+from sb3_carla_td3.callbacks.saturation import SATURATED
 from sb3_carla_td3.validation.recorder import MetricsRecorder
 from sb3_carla_td3.validation.runner import health_callback, make_vec_env
 

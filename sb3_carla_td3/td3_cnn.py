@@ -26,6 +26,7 @@ from sb3_carla_td3.buffers import (
     detect_frame_stack,
     replay_bytes_per_transition,
 )
+from sb3_carla_td3.callbacks.saturation import SATURATED
 from sb3_carla_td3.errors import NonFiniteGradientError, ReplayMemoryError
 from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.gradients import (
@@ -44,7 +45,6 @@ from sb3_carla_td3.policies import (
     SharedEncoderPolicy,
     _has_image,
 )
-from sb3_carla_td3.saturation import SATURATED
 
 SelfTD3CNN = TypeVar("SelfTD3CNN", bound="TD3CNN")
 

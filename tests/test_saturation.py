@@ -8,8 +8,8 @@ from conftest import make_model
 from stable_baselines3 import TD3
 
 from sb3_carla_td3.callbacks import ActionSaturationCallback, ActorVariationCallback, TrainingHealthCallback
+from sb3_carla_td3.callbacks.saturation import saturation_fraction
 from sb3_carla_td3.health import TrainingHealthWarning
-from sb3_carla_td3.saturation import saturation_fraction
 
 
 def pin_actor(actor_mu: th.nn.Sequential, value: float = 50.0) -> None:

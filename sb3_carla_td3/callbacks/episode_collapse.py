@@ -8,15 +8,8 @@ from collections import deque
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_carla_td3.health import (
-    HealthVerdict,
-    episode_infos,
-    is_count,
-    is_number,
-    keep_training,
-    require,
-    warn_health,
-)
+from sb3_carla_td3.callbacks.utils import episode_infos, is_count, is_number, require
+from sb3_carla_td3.callbacks.verdicts import HealthVerdict, keep_training, warn_health
 
 
 class EpisodeCollapseCallback(BaseCallback):

@@ -1,25 +1,99 @@
-"""Gradient norms: the global L2 norm of every actor and critic update, checked against its clip limit."""
+"""Gradient norms: the global L2 norm of every actor and critic update, checked against its clip limit.
+
+With plain SB3 the norms come from a step pre-hook on each optimizer (:class:`StepNormRecorder`), without touching
+the algorithm's ``train()``; TD3CNN reports them itself in ``last_train_stats``.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from functools import partial
+from typing import Any
 
 import numpy as np
+import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from torch import nn
 
-from sb3_carla_td3.health import (
-    ROLES,
-    HealthVerdict,
-    StepNormRecorder,
-    clip_verdict,
-    find_optimizers,
-    is_number,
-    keep_training,
-    require,
-    warn_health,
-)
+from sb3_carla_td3.callbacks.utils import is_number, require
+from sb3_carla_td3.callbacks.verdicts import HealthVerdict, keep_training, warn_health
+
+#: The networks whose optimizers the gradient monitor watches, in report order.
+ROLES = ("actor", "critic")
+
+
+def find_optimizers(model: BaseAlgorithm) -> dict[str, th.optim.Optimizer]:
+    """Find the actor's and the critic's optimizers as SB3 stores them (``<network>.optimizer``).
+
+    TD3, DDPG, SAC, TQC and CrossQ expose ``model.actor`` / ``model.critic`` (aliases of the policy's); the policy is
+    searched too, for algorithms that only keep them there.
+
+    :param model: an off-policy SB3 algorithm
+    :return: optimizers keyed by ``"actor"`` / ``"critic"``; a network without an optimizer is left out
+    """
+    found: dict[str, th.optim.Optimizer] = {}
+    for role in ROLES:
+        for owner in (model, getattr(model, "policy", None)):
+            optimizer = getattr(getattr(owner, role, None), "optimizer", None)
+            if isinstance(optimizer, th.optim.Optimizer):
+                found[role] = optimizer
+                break
+    return found
+
+
+class StepNormRecorder:
+    """Records, on every ``optimizer.step()``, the global L2 norm of the gradients that step consumes.
+
+    The norm is ``sqrt(sum_i ||g_i||^2)`` over the ``.grad`` of every parameter in the optimizer's ``param_groups``
+    (parameters without a gradient are skipped, as the step skips them), read by a step pre-hook, i.e. after any
+    clipping the algorithm did. Norms stay on the device until :meth:`pop`, so recording adds no host sync.
+
+    :param optimizers: the optimizers to watch, keyed by a name (e.g. ``"actor"``)
+    """
+
+    def __init__(self, optimizers: dict[str, th.optim.Optimizer]) -> None:
+        self._pending: dict[str, list[th.Tensor]] = {name: [] for name in optimizers}
+        self._handles = [opt.register_step_pre_hook(partial(self._record, name)) for name, opt in optimizers.items()]
+
+    def _record(self, name: str, optimizer: th.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            self._pending[name].append(nn.utils.get_total_norm(grads, norm_type=2.0).detach())
+
+    def pop(self, name: str) -> list[float]:
+        """Return and forget the norms recorded for ``name`` since the last call.
+
+        :param name: the optimizer's name as given to the constructor
+        :return: one norm per optimizer step, in step order (empty when it did not step)
+        """
+        pending, self._pending[name] = self._pending[name], []
+        return th.stack(pending).float().cpu().tolist() if pending else []
+
+    def remove(self) -> None:
+        """Unregister every hook (safe to call twice)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def clip_verdict(name: str, max_norm: float | None, limit: float | None, rtol: float) -> HealthVerdict:
+    """Judge the largest post-clip gradient norm of one network against its limit.
+
+    :param name: the network, e.g. ``"actor"``
+    :param max_norm: largest norm over every update (L2 over the network's parameters); None when never updated
+    :param limit: the clip limit; None when there is none (the norm is then only reported, and passes)
+    :param rtol: relative tolerance of the comparison, >= 0
+    :return: the verdict, value = ``max_norm``, threshold = ``limit``
+    """
+    if max_norm is None:
+        return HealthVerdict(None, None, limit, f"no {name} update was measured")
+    if limit is None:
+        return HealthVerdict(True, max_norm, None, f"no limit set; max {name} gradient norm {max_norm:.4g}")
+    passed = math.isfinite(max_norm) and max_norm <= limit * (1 + rtol)
+    relation = "within" if passed else "above"
+    return HealthVerdict(passed, max_norm, limit, f"max {name} gradient norm {max_norm:.4g} {relation} {limit:g}")
 
 
 def _train_stats(model: BaseAlgorithm) -> dict[str, float]:

@@ -11,14 +11,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-from sb3_carla_td3.health import (
-    HealthVerdict,
-    is_count,
-    is_number,
-    keep_training,
-    require,
-    warn_health,
-)
+from sb3_carla_td3.callbacks.utils import is_count, is_number, require
+from sb3_carla_td3.callbacks.verdicts import HealthVerdict, keep_training, warn_health
 from sb3_carla_td3.q_scoring import QSample, divergence_reason, score_critic, stats_q_sample
 
 

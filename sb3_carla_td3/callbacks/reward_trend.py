@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
+import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_carla_td3.health import (
-    HealthVerdict,
-    episode_infos,
-    is_count,
-    is_number,
-    require,
-    reward_trend,
-    warn_health,
-)
+from sb3_carla_td3.callbacks.utils import episode_infos, is_count, is_number, require
+from sb3_carla_td3.callbacks.verdicts import HealthVerdict, warn_health
+
+
+def reward_trend(returns: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope of episode returns and the standardized change between the window's first and last third.
+
+    :param returns: episode returns in episode order, at least 3
+    :return: ``(slope, change)``: slope in return units per episode; change = (mean of the last third - mean of the
+        first third) / population std of the window (0 when every return is equal)
+    """
+    values = np.asarray(returns, dtype=np.float64)
+    episodes = np.arange(len(values), dtype=np.float64)
+    slope = float(np.polyfit(episodes, values, 1)[0])
+    third, spread = len(values) // 3, float(values.std())
+    change = float(values[-third:].mean() - values[:third].mean()) / spread if spread > 0 else 0.0
+    return slope, change
 
 
 class RewardTrendCallback(BaseCallback):

@@ -11,11 +11,8 @@ from sb3_carla_td3.callbacks.episode_collapse import EpisodeCollapseCallback
 from sb3_carla_td3.callbacks.gradient_norm import GradientNormCallback
 from sb3_carla_td3.callbacks.q_value import QValueCallback
 from sb3_carla_td3.callbacks.reward_trend import RewardTrendCallback
-from sb3_carla_td3.health import (
-    HealthVerdict,
-    format_verdicts,
-)
-from sb3_carla_td3.saturation import ActionSaturationCallback
+from sb3_carla_td3.callbacks.saturation import ActionSaturationCallback
+from sb3_carla_td3.callbacks.verdicts import HealthVerdict, format_verdicts
 
 #: Attributes of a check that wire it to one ``learn()`` call (BaseCallback's own, optimizer hooks), never saved.
 _WIRING = frozenset(

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sb3_carla_td3.health import HealthVerdict
+from sb3_carla_td3.callbacks.verdicts import HealthVerdict
 
 STATUS = {True: "PASS", False: "FAIL", None: "N/A"}
 

@@ -11,14 +11,8 @@ import os
 
 import torch as th
 
-from sb3_carla_td3.health import (
-    HealthVerdict,
-    is_count,
-    is_number,
-    keep_training,
-    require,
-    warn_health,
-)
+from sb3_carla_td3.callbacks.utils import is_count, is_number, require
+from sb3_carla_td3.callbacks.verdicts import HealthVerdict, keep_training, warn_health
 from sb3_carla_td3.q_scoring import ActorCheckCallback
 
 #: |action| above this counts as saturated (actions live in [-1, 1]).
