@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from sb3_carla_td3.validation.statistics import stratified_bootstrap_iqm
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
@@ -286,7 +288,7 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
         "| run | lr | noise | seed | physics frames | last eval (mean ± std, episodes) | best eval | env steps/s | verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    lasts = []
+    lasts, last_returns = [], []
     for label, file, _, seed in SETS[name]:
         run_dir = out / run_name(label, file, seed)
         evaluations = [e for e in _evaluations(run_dir) if frames is None or e["physics_frames"] <= frames]
@@ -297,6 +299,7 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
         td3 = _load_yaml(config_file)["td3"] if config_file.is_file() else {}
         last = evaluations[-1]
         lasts.append(last["mean_return"])
+        last_returns.append(last["returns"])
         best = max(e["mean_return"] for e in evaluations)
         speed, verdict = "", "stopped (no report yet)"
         if (run_dir / "report.json").is_file():
@@ -313,6 +316,9 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
     if len(lasts) > 1 and len({label for label, *_ in SETS[name]}) == 1:  # seeds of one recipe, not a comparison
         mean, std = statistics.mean(lasts), statistics.pstdev(lasts)
         lines.append(f"| **mean over runs** | | | | | **{mean:.1f} ± {std:.1f}** | | | |")
+        episodes = min(len(r) for r in last_returns)
+        iqm = stratified_bootstrap_iqm(np.array([r[:episodes] for r in last_returns]))
+        lines.append(f"| **IQM [95 % CI]** (runs × {episodes} episodes, stratified bootstrap) | | | | | **{iqm}** | | | |")
     return "\n".join(lines)
 
 

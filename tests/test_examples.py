@@ -136,6 +136,25 @@ def test_learning_results_run_one_trains_and_evaluates(tmp_path):
     assert table.count("not run") == 3
 
 
+def test_learning_results_seed_tables_report_iqm_with_its_interval(tmp_path):
+    from sb3_carla_td3.validation.phases import EVALUATIONS_FILE
+    from sb3_carla_td3.validation.statistics import stratified_bootstrap_iqm
+
+    results = load_example("learning_results")
+    returns = {0: [100.0, 900.0, 850.0, 880.0], 1: [700.0, 710.0, 720.0, 730.0], 2: [0.0, 860.0, 870.0, 890.0]}
+    for label, file, _, seed in results.SETS["one_liner"]:
+        path = tmp_path / results.run_name(label, file, seed) / EVALUATIONS_FILE
+        path.parent.mkdir(parents=True)
+        evaluation = {"timestep": 5000, "physics_frames": 20000, "returns": returns[seed], "lengths": [250] * 4,
+                      "mean_return": float(np.mean(returns[seed])), "std_return": float(np.std(returns[seed]))}  # fmt: skip
+        path.write_text(json.dumps({"evaluations": [evaluation]}))
+    rows = results.set_table("one_liner", tmp_path).splitlines()
+    iqm = stratified_bootstrap_iqm(np.array([returns[s] for s in (0, 1, 2)]))
+    assert 700.0 < iqm.value < 870.0 and iqm.low < iqm.value < iqm.high  # the 0 and 100 outliers are cut
+    assert rows[-2].startswith("| **mean over runs** |") and rows[-1].startswith("| **IQM [95 % CI]** (runs × 4 episodes")
+    assert f"**{iqm}**" in rows[-1]
+
+
 @pytest.mark.parametrize("algorithm", ["TD3", "SAC"])
 def test_learning_results_baseline_trains_sb3_and_evaluates_like_the_recipe(tmp_path, algorithm):
     results = load_example("learning_results")
