@@ -24,7 +24,7 @@ from stable_baselines3.common.logger import Logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import make_model  # noqa: E402
+from conftest import make_image_env, make_model  # noqa: E402
 
 from sb3_carla_td3.callbacks import TrainingHealthCallback  # noqa: E402
 from sb3_carla_td3.validation.recorder import MetricsRecorder  # noqa: E402
@@ -53,7 +53,9 @@ class TrainLog(BaseCallback):
 def run(case: str) -> dict[str, Any]:
     """Train a tiny TD3CNN for 90 steps with the health checks and the recorder attached; return its fingerprint."""
     th.manual_seed(0)
-    model = make_model(learning_starts=32, **CASES[case])
+    env = make_image_env()
+    env.observation_space.seed(0)  # FakeImageEnv's frames come from its space's own RNG, which seed=0 does not reach
+    model = make_model(env, learning_starts=32, **CASES[case])
     model.set_logger(Logger(folder=None, output_formats=[]))
     log, recorder = TrainLog(), MetricsRecorder()
     model.learn(90, callback=[TrainingHealthCallback(check_freq=10), recorder, log])
