@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--episodes", type=int, default=5)
     evaluate.add_argument("--config", type=Path, help="config YAML for the env (default: config.yaml next to the run)")
+    evaluate.add_argument(
+        "--out", type=Path, help="CARLA: folder of report.md/report.json (default: evaluate/ next to the run's config)"
+    )
     report = commands.add_parser("report", help="print a run's report and redraw its plots")
     report.add_argument("run_dir", type=Path)
     tune = commands.add_parser(
@@ -180,6 +183,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     model_path = _model_file(args.model)
     config_path = args.config or _find_upwards(model_path.parent, CONFIG_FILE)
     config = load_config(config_path)
+    if config.env.name == "carla":
+        return _evaluate_carla(model_path, config, args.episodes, args.out or config_path.parent / "evaluate")
     env = make_vec_env(config, config.run.seed + 2000)
     model = TD3CNN.load(model_path, env=env, device="cpu")
     outcome = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
@@ -187,6 +192,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
     print(f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f}, length {sum(lengths) / len(lengths):.1f}")
+    return 0
+
+
+def _evaluate_carla(model_path: Path, config: RunConfig, episodes: int, out: Path) -> int:
+    """Deterministic episodes on the same seeded routes as the run's evaluations, scored as the CARLA Leaderboard
+    scores them; the table is printed and written to ``out``/report.md and report.json."""
+    from sb3_carla_td3.envs import make_env
+    from sb3_carla_td3.td3_cnn import TD3CNN
+    from sb3_carla_td3.validation.evaluation import EVAL_SEED_OFFSET, evaluation_options, run_episodes
+    from sb3_carla_td3.validation.leaderboard import aggregate_scores, leaderboard_table
+
+    model = TD3CNN.load(model_path, device="cpu")
+    env = make_env("carla", evaluation_options(config.env.options))
+    try:
+        predict = lambda observation: model.predict(observation, deterministic=True)[0]  # noqa: E731
+        returns, lengths, driving = run_episodes(predict, env, episodes, EVAL_SEED_OFFSET)
+    finally:
+        env.close()
+    summary = aggregate_scores(driving)
+    title = f"Evaluation of {model_path} on CARLA ({config.env.options.town}), {episodes} episodes"
+    table = leaderboard_table(summary)
+    mean = sum(returns) / len(returns)
+    print(f"{episodes} episodes: return {mean:.2f}, length {sum(lengths) / len(lengths):.1f}\n\n{table}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(f"# {title}\n\nMean return {mean:.2f}.\n\n## Leaderboard metrics\n\n{table}\n")
+    payload = {"title": title, "model": str(model_path), "returns": returns, "lengths": lengths, "leaderboard": summary}
+    (out / "report.json").write_text(json.dumps(payload, indent=2))
+    print(f"\nReport: {out / 'report.md'}")
     return 0
 
 

@@ -19,8 +19,16 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.envs.carracing import CarRacingConfig
+from sb3_carla_td3.validation.leaderboard import DrivingEpisode, LeaderboardTracker, aggregate_scores, tensorboard_values
 
-__all__ = ["CARRACING_EPISODE_FRAMES", "DrivingEvalCallback", "evaluation_options", "frames_per_step", "read_evaluations"]
+__all__ = [
+    "CARRACING_EPISODE_FRAMES",
+    "DrivingEvalCallback",
+    "evaluation_options",
+    "frames_per_step",
+    "read_evaluations",
+    "run_episodes",
+]
 
 #: Physics frames of one CarRacing-v3 episode (its TimeLimit).
 CARRACING_EPISODE_FRAMES = 1000
@@ -50,10 +58,42 @@ def frames_per_step(options: Any) -> int:
     return int(getattr(options, "action_repeat", 1))
 
 
+def run_episodes(
+    predict: Callable[[Any], Any], env: gym.Env, n_episodes: int, seed: int
+) -> tuple[list[float], list[int], list[DrivingEpisode]]:
+    """Run ``n_episodes`` episodes, episode ``i`` reset with seed ``seed + i``.
+
+    :param predict: observation -> action (e.g. ``lambda obs: model.predict(obs, deterministic=True)[0]``)
+    :param env: one gymnasium env
+    :param n_episodes: episodes to run, >= 1
+    :param seed: seed of the first episode
+    :return: returns, lengths, and the leaderboard record of each episode (CARLA; [] for an env that reports no
+        route, such as CarRacing)
+    """
+    returns, lengths, driving = [], [], []
+    tracker = LeaderboardTracker()
+    for episode in range(n_episodes):
+        observation, info = env.reset(seed=seed + episode)
+        tracker.start(info)
+        total, steps, done = 0.0, 0, False
+        while not done:
+            observation, reward, terminated, truncated, info = env.step(predict(observation))
+            tracker.update(info)
+            total, steps, done = total + float(reward), steps + 1, terminated or truncated
+        returns.append(total)
+        lengths.append(steps)
+        record = tracker.finish()
+        if record is not None:
+            driving.append(record)
+    return returns, lengths, driving if len(driving) == n_episodes else []
+
+
 class DrivingEvalCallback(BaseCallback):
     """Every ``eval_freq`` env steps, run ``n_episodes`` deterministic episodes on the same fresh seeded tracks.
 
-    Logs ``eval/mean_return``, ``eval/std_return``, ``eval/mean_length`` and ``eval/physics_frames``; keeps every
+    Logs ``eval/mean_return``, ``eval/std_return``, ``eval/mean_length`` and ``eval/physics_frames``, and for a CARLA
+    env ``eval/route_completion``, ``eval/infraction_penalty``, ``eval/driving_score`` and
+    ``eval/infractions_per_km/<kind>`` (the CARLA Leaderboard's metrics); keeps every
     evaluation in :attr:`results` and, with ``log_path``, in a JSON file that a resumed run extends.
 
     :param make_env: builds the evaluation env (one gymnasium env; built on first use and kept)
@@ -92,21 +132,15 @@ class DrivingEvalCallback(BaseCallback):
     def evaluate(self) -> dict[str, Any]:
         """Run one evaluation now, log it and store it.
 
-        :return: ``timestep``, ``physics_frames``, ``returns``, ``lengths``, ``mean_return``, ``std_return``
+        :return: ``timestep``, ``physics_frames``, ``returns``, ``lengths``, ``mean_return``, ``std_return``, and for
+            a CARLA env ``leaderboard`` (:func:`~sb3_carla_td3.validation.leaderboard.aggregate_scores`)
         """
         if self._env is None:
             self._env = self.make_env()
-        returns, lengths = [], []
-        for episode in range(self.n_episodes):
-            observation, _ = self._env.reset(seed=self.seed + episode)
-            total, steps, done = 0.0, 0, False
-            while not done:
-                action, _ = self.model.predict(observation, deterministic=True)
-                observation, reward, terminated, truncated, _ = self._env.step(action)
-                total, steps, done = total + float(reward), steps + 1, terminated or truncated
-            returns.append(total)
-            lengths.append(steps)
-        result = {
+        returns, lengths, driving = run_episodes(
+            lambda observation: self.model.predict(observation, deterministic=True)[0], self._env, self.n_episodes, self.seed
+        )
+        result: dict[str, Any] = {
             "timestep": self.num_timesteps,
             "physics_frames": self.num_timesteps * self.frames_per_step,
             "returns": returns,
@@ -114,6 +148,10 @@ class DrivingEvalCallback(BaseCallback):
             "mean_return": float(np.mean(returns)),
             "std_return": float(np.std(returns)),
         }
+        if driving:  # a CARLA env: the leaderboard's numbers (sb3_carla_td3.validation.leaderboard)
+            result["leaderboard"] = aggregate_scores(driving)
+            for key, value in tensorboard_values(result["leaderboard"]).items():
+                self.logger.record(key, value)
         self.results = [r for r in self.results if r["timestep"] < self.num_timesteps] + [result]
         for key in ("mean_return", "std_return", "physics_frames"):
             self.logger.record(f"eval/{key}", result[key])
@@ -122,7 +160,8 @@ class DrivingEvalCallback(BaseCallback):
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.write_text(json.dumps({"evaluations": self.results}, indent=1))
         if self.verbose >= 1:
-            print(f"eval at {self.num_timesteps} steps: {result['mean_return']:.1f} +- {result['std_return']:.1f}")
+            scores = f", driving score {result['leaderboard']['driving_score']:.1f}" if driving else ""
+            print(f"eval at {self.num_timesteps} steps: {result['mean_return']:.1f} +- {result['std_return']:.1f}{scores}")
         return result
 
     def _on_training_end(self) -> None:

@@ -19,6 +19,7 @@ from sb3_carla_td3.config import RunConfig, config_from_dict
 from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.reports import hyperparameter_report, parameter_report
 from sb3_carla_td3.validation.evaluation import read_evaluations
+from sb3_carla_td3.validation.leaderboard import leaderboard_table
 from sb3_carla_td3.validation.plots import plot_evaluations, plot_history
 from sb3_carla_td3.validation.report import (
     PhaseReport,
@@ -66,7 +67,14 @@ def finish_report(result: RunResult, report: PhaseReport) -> PhaseReport:
     )
     if evaluations:
         heading = "Evaluation (deterministic, fresh seeded tracks, CarRacing-v3's own 1,000-frame episodes)"
+        if result.config.env.name == "carla":
+            heading = "Evaluation (deterministic, the same seeded routes every time)"
         report.sections.append((heading, evaluation_table(evaluations)))
+        leaderboard = evaluations[-1].get("leaderboard")
+        if leaderboard is not None:  # a CARLA run
+            heading = f"Leaderboard metrics (CARLA, last evaluation at {evaluations[-1]['timestep']:,} steps)"
+            report.sections.append((heading, leaderboard_table(leaderboard)))
+            report.data["leaderboard"] = leaderboard
     report.sections += [
         ("Run", facts),
         ("Hyperparameters", str(hyperparameter_report(model)).split("\n", 2)[2]),

@@ -124,7 +124,10 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
     are destroyed and the next :meth:`reset` reconnects) and ``"server_lost"`` (the server died or hangs: the same,
     but :meth:`reset` reconnects with backoff, ``reconnect_attempts`` tries ``reconnect_delay_s`` apart, doubling
     up to ``reconnect_max_delay_s``, and raises ``CarlaConnectionError`` only after the last). ``info`` only holds
-    plain Python values, so it pickles through ``SubprocVecEnv``.
+    plain Python values, so it pickles through ``SubprocVecEnv``. For the leaderboard metrics
+    (:mod:`sb3_carla_td3.validation.leaderboard`) a step's info also holds ``collision_types`` (the other actor's
+    ``type_id`` per collision event, ``""`` when the event names no actor), ``lane_invasions`` (events this step) and
+    ``off_driving_lane`` (the ego is outside every driving lane of the map).
 
     ## Arguments
     ``CarlaEnv(config=None, render_mode=None, *, backend=None)``; see the parameters below. Construction probes
@@ -189,6 +192,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._settings_changed = False
         # Episode state.
         self._ego: Any = None
+        self._location: Any = None
         self._route: Route | None = None
         self._s_m = 0.0
         self._steps = 0
@@ -423,9 +427,17 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
 
     # ------------------------------------------------------------------ per-step helpers
     def _measure(self) -> tuple[float, float, float, float]:
-        """Ego x (m), y (m), yaw (rad) and speed (m/s) after the last tick."""
+        """Ego x (m), y (m), yaw (rad) and speed (m/s) after the last tick (the location is kept for
+        :meth:`_off_driving_lane`)."""
         transform, velocity = self._ego.get_transform(), self._ego.get_velocity()
+        self._location = transform.location
         return (transform.location.x, transform.location.y, math.radians(transform.rotation.yaw), velocity.length())
+
+    def _off_driving_lane(self) -> bool:
+        """Whether the ego's last measured location lies outside every driving lane of the map (the leaderboard's
+        off-road; ``Map.get_waypoint`` runs on the client's copy of the map, no RPC)."""
+        driving = self._carla.LaneType.Driving
+        return self._map.get_waypoint(self._location, project_to_road=False, lane_type=driving) is None
 
     def _preprocess(self, readings: SensorReadings) -> np.ndarray:
         self._last_rgb = readings.rgb
@@ -591,6 +603,10 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             "collision": collision,
             "lane_invasion": lane_invasion,
             "sim_time_s": self._steps * cfg.fixed_delta_seconds,
+            # for the leaderboard metrics (sb3_carla_td3.validation.leaderboard)
+            "collision_types": [record.other_type_id for record in readings.collisions],
+            "lane_invasions": len(readings.lane_invasions),
+            "off_driving_lane": self._off_driving_lane(),
         }
         truncated = reason is not None and not terminated
         return {k: v.copy() for k, v in obs.items()}, float(sum(terms.values())), terminated, truncated, info

@@ -113,7 +113,7 @@ class FakeClient(_ServerBound):
         self._timeout_s = seconds
 
     def get_server_version(self) -> str:
-        return "0.9.16"
+        return self._server.server_version
 
     def get_client_version(self) -> str:
         return "0.9.16"
@@ -192,7 +192,11 @@ class FakeCarlaServer:
         self._ids = itertools.count(100)
         self._failures: dict[str, list[BaseException]] = {}
         self._camera = {"drop": 0, "stale": 0, "skip": 0}
-        self._events = {"collision": 0, "lane_invasion": 0}
+        self._events = {"lane_invasion": 0}
+        #: The other actor of each collision still to report, one per tick (None: an event without an actor).
+        self._collisions: list[FakeActor | None] = []
+        #: What ``Client.get_server_version`` (and :meth:`probe`) answer; set another to inject a mismatch.
+        self.server_version = "0.9.16"
         self._blueprints = [FakeActorBlueprint(self, k, v) for k, v in BLUEPRINTS.items()]
 
     # ------------------------------------------------------------ test controls
@@ -263,9 +267,35 @@ class FakeCarlaServer:
         """
         self._camera["skip"] += count
 
-    def inject_collision(self) -> None:
-        """Collision sensors report an event on the next tick."""
-        self._events["collision"] += 1
+    def inject_collision(self, other: int | str | None = None) -> None:
+        """Collision sensors report an event on the next tick (several injections: one per tick).
+
+        :param other: the other actor: the id of a live actor (e.g. an NPC vehicle), a ``type_id`` for an actor that
+            is not in the actor list (e.g. ``"static.pole"``, a map object as 0.9.16 may report it), or None for an
+            event without an actor (the other way 0.9.16 may report a static object; not confirmed offline)
+        """
+        if isinstance(other, int):
+            self._collisions.append(self.actors[other])
+        elif isinstance(other, str):
+            blueprint = FakeActorBlueprint(self, other, {})
+            transform = self.carla.Transform(self.carla.Location(), self.carla.Rotation())
+            self._collisions.append(FakeActor(self, 0, blueprint, transform, None))
+        else:
+            self._collisions.append(None)
+
+    def probe(self, host: str, port: int, timeout_s: float) -> tuple[str, str]:
+        """Stand-in for :func:`~sb3_carla_td3.envs.carla.connection.probe_carla_server` (no subprocess, no socket).
+
+        :param host: named in the error.
+        :param port: named in the error.
+        :param timeout_s: ignored.
+        :return: ``(server_version, client_version)``.
+        :raises CarlaConnectionError: after :meth:`kill`, or when :meth:`fail_call` armed ``"connect"``.
+        """
+        self._maybe_fail("connect")
+        if not self.alive:
+            raise CarlaConnectionError(f"No CARLA server at {host}:{port}: connection refused (fake server killed).")
+        return self.server_version, "0.9.16"
 
     def inject_lane_invasion(self) -> None:
         """Lane-invasion sensors report a crossed broken line on the next tick."""
@@ -395,15 +425,16 @@ class FakeCarlaServer:
             if isinstance(actor, FakeVehicle):
                 actor._advance(dt)
         camera, events = dict(self._camera), dict(self._events)
+        collision = self._collisions.pop(0) if self._collisions else False
         for sensor in [a for a in self.actors.values() if isinstance(a, FakeSensor) and a._callback is not None]:
             if sensor.type_id == "sensor.camera.rgb" and not camera["drop"]:
                 if camera["stale"]:
                     self._deliver(sensor._callback, self._image(sensor, self.frame - 1, white=True))
                 frame = self.frame + 1 if camera["skip"] else self.frame
                 self._deliver(sensor._callback, self._image(sensor, frame, white=False))
-            elif sensor.type_id == "sensor.other.collision" and events["collision"]:
+            elif sensor.type_id == "sensor.other.collision" and collision is not False:
                 impulse = self.carla.Vector3D(x=800.0, y=0.0, z=0.0)
-                self._deliver(sensor._callback, FakeCollisionEvent(self, self.frame, None, impulse))
+                self._deliver(sensor._callback, FakeCollisionEvent(self, self.frame, collision, impulse))
             elif sensor.type_id == "sensor.other.lane_invasion" and events["lane_invasion"]:
                 markings = [FakeLaneMarking(self, "Broken")]
                 self._deliver(sensor._callback, FakeLaneInvasionEvent(self, self.frame, markings))
