@@ -1,4 +1,4 @@
-"""Command line: ``sb3-carla-td3 validate|train|evaluate|report|tune|tune-report`` (also ``python -m sb3_carla_td3``)."""
+"""Command line: ``sb3-carla-td3 validate|train|evaluate|report|tune|tune-report|doctor`` (or ``python -m sb3_carla_td3``)."""
 
 from __future__ import annotations
 
@@ -142,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune_report.add_argument("study", type=Path, help="the study folder (holds study.json); the report is written there")
     tune_report.add_argument("--storage", help="storage URL (default: from study.json)")
     tune_report.add_argument("--study-name", help="study name (default: from study.json)")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a live CARLA server before a run: one PASS/FAIL line per check, with the fix",
+        description="Probe, versions, Traffic Manager port, settings, map, ego + camera, frame-matched ticks, tick "
+        "rate, a route, and cleanup (docs/carla.md). Exit status 0 only when every check passes.",
+    )
+    doctor.add_argument("--host", help="server host (default: the config's, else localhost)")
+    doctor.add_argument("--port", type=int, help="server RPC port (default: the config's, else 2000)")
+    doctor.add_argument("--town", help="load this map if the server has another (default: keep the loaded map)")
+    doctor.add_argument("--config", type=Path, help="run config YAML with a CARLA env section (ego, camera, route)")
+    doctor.add_argument("--timeout", type=float, help="probe, RPC and sensor time-out in seconds (default: 10)")
+    doctor.add_argument("--tm-port", type=int, help="Traffic Manager port (default: the config's, else 8000)")
+    doctor.add_argument("--ticks", type=int, default=20, help="synchronous ticks of the frame check (default: 20)")
     return parser
 
 
@@ -299,6 +312,32 @@ def _tune_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from sb3_carla_td3.envs.carla.config import CarlaConfig
+    from sb3_carla_td3.envs.carla.doctor import run_doctor
+
+    config = CarlaConfig()
+    if args.config is not None:
+        run_config = load_config(args.config)
+        if not isinstance(run_config.env.options, CarlaConfig):
+            raise ConfigError(f"{args.config}: env.name is {run_config.env.name!r}; doctor needs a CARLA config")
+        config = run_config.env.options
+    overrides = {"host": args.host, "port": args.port, "tm_port": args.tm_port, "timeout_s": args.timeout}
+    config = CarlaConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    print(f"sb3-carla-td3 doctor: CARLA server at {config.host}:{config.port} (time-out {config.timeout_s:g} s)", flush=True)
+    if args.ticks < 1:
+        raise ConfigError(f"--ticks must be >= 1, got {args.ticks}")
+    try:
+        results = run_doctor(config, town=args.town, ticks=args.ticks, report=lambda r: print(r.line(), flush=True))
+    except ImportError as error:  # the carla client is missing: the message names the install command
+        raise ConfigError(str(error)) from error
+    failed = [r.name for r in results if not r.passed]
+    ending = "" if len(results) > 3 else "; the later checks need a server that answers"
+    failures = f" (failed: {', '.join(failed)})" if failed else ""
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed{failures}{ending}")
+    return EXIT_FAIL if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line.
 
@@ -316,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             return _tune(args)
         if args.command == "tune-report":
             return _tune_report(args)
+        if args.command == "doctor":
+            return _doctor(args)
         return _report(args)
     except (ConfigError, CarlaConnectionError, FileNotFoundError) as error:
         print(f"sb3-carla-td3: error: {error}", file=sys.stderr)

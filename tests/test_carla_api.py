@@ -29,11 +29,12 @@ from sb3_carla_td3.envs import (  # noqa: E402
     carla_vec_env,
     routes,
 )
+from sb3_carla_td3.envs.carla import doctor as carla_doctor  # noqa: E402
 from sb3_carla_td3.envs.carla.api import CARLA_API_USED  # noqa: E402
 from sb3_carla_td3.envs.carla.config import CarlaConfig  # noqa: E402
 
 XODR = (Path(__file__).parent / "data" / "mini_town.xodr").read_text()
-ENV_MODULES = (carla_env, carla_actors, carla_connection, carla_episode, carla_sensors, carla_vec_env, routes)
+ENV_MODULES = (carla_env, carla_actors, carla_connection, carla_episode, carla_sensors, carla_vec_env, routes, carla_doctor)
 
 
 def resolve(dotted: str) -> Any:
