@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 #: Infraction kinds, in report order.
@@ -292,8 +292,3 @@ def leaderboard_table(summary: Mapping[str, Any]) -> str:
         "max_lateral_deviation_m from the route (route deviation) and when stuck (agent blocked).",
     ]
     return "\n".join(lines)
-
-
-def as_dict(episode: DrivingEpisode) -> dict[str, Any]:
-    """:return: ``episode`` as plain values (for JSON)"""
-    return asdict(episode)
