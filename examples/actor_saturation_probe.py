@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     for done in range(args.every, args.updates + 1, args.every):
         model.train(gradient_steps=args.every, batch_size=model.batch_size)
         outputs = pre_tanh(model, batch)
-        norm = model.last_train_stats.get("actor_grad_norm_pre", float("nan"))
+        stats = model.last_train_stats
+        norm = stats.actor_grad_norm_pre if stats is not None and stats.actor_grad_norm_pre is not None else float("nan")
         share = saturation_fraction(th.tanh(outputs))
         print(f"  {done:>5} | {float(outputs.abs().mean()):14.3f} | {share:15.2f} | {norm:.3g}")
     return 0

@@ -30,7 +30,7 @@ from stable_baselines3.common.utils import polyak_update
 from torch.nn import functional as F
 
 from sb3_carla_td3 import TD3CNN, load_config
-from sb3_carla_td3.callbacks.saturation import SATURATED
+from sb3_carla_td3.train_stats import q_statistics, saturation_share
 from sb3_carla_td3.validation.recorder import MetricsRecorder
 from sb3_carla_td3.validation.runner import health_callback, make_vec_env
 
@@ -70,7 +70,7 @@ class MiswiredTD3(TD3CNN):
             critic_input = th.cat([critic_features, data.actions], dim=1)
             current_q = tuple(q(critic_input) for q in self.critic.q_networks)
             critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
-            q_stats = self._q_statistics(current_q, target_q)
+            q_stats = q_statistics(current_q, target_q)
             critic_updates.append(self._optimizer_step(self._critic_params, critic_loss, self.critic_grad_clip, q_stats))
 
             if self._n_updates % self.policy_delay == 0:
@@ -79,8 +79,7 @@ class MiswiredTD3(TD3CNN):
                 policy_actions = self.actor.mu(actor_features)
                 actor_q = self.critic.q_networks[0](th.cat([actor_features, policy_actions], dim=1))
                 actor_loss = -actor_q.mean()
-                saturated = (policy_actions.detach().abs() > SATURATED).float().mean()
-                stats = {"actor_q_mean": actor_q.mean(), "actor_saturation": saturated}
+                stats = {"actor_q_mean": actor_q.mean(), "actor_saturation": saturation_share(policy_actions)}
                 actor_updates.append(self._optimizer_step(self._actor_params, actor_loss, self.actor_grad_clip, stats))
                 # Polyak on the heads only: the original had no target CNNs.
                 heads = [p for q in self.critic.q_networks for p in q.parameters()]
@@ -88,8 +87,8 @@ class MiswiredTD3(TD3CNN):
                 polyak_update(heads, target_heads, self.tau)
                 polyak_update(self.actor.mu.parameters(), self.actor_target.mu.parameters(), self.tau)
 
-        self._record_train_stats({"critic": critic_updates, "actor": actor_updates})
-        self.last_train_stats["seconds_per_update"] = (time.perf_counter() - started) / max(gradient_steps, 1)
+        seconds_per_update = (time.perf_counter() - started) / max(gradient_steps, 1)
+        self._record_train_stats({"critic": critic_updates, "actor": actor_updates}, seconds_per_update)
 
 
 def original_config(timesteps: int, image_size: int) -> Any:

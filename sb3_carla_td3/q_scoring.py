@@ -1,19 +1,21 @@
-"""Q-values measured from outside ``train()``: a critic scored on a replay sample (stored and actor actions, one-step
-targets) without disturbing the run's RNG, TD3CNN's own Q statistics, and the divergence test applied to either."""
+"""Scoring from outside ``train()``: a critic and an actor measured on a replay sample (stored and actor actions,
+one-step targets) without disturbing the run's RNG, as the same :class:`~sb3_carla_td3.train_stats.TrainStats` that
+TD3CNN keeps, and the divergence test applied to its Q statistics."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_carla_td3.train_stats import TrainStats, action_spread, q_statistics, saturation_share
 
 
 @dataclass(frozen=True)
@@ -115,115 +117,70 @@ def deterministic_actions(model: BaseAlgorithm, observations: Any) -> th.Tensor 
     return actor(observations)
 
 
-def replay_actions(model: BaseAlgorithm, n_samples: int, min_size: int = 1) -> th.Tensor | None:
-    """The actor's deterministic actions on ``n_samples`` replay observations, drawn under :func:`preserved_rng`.
+def score_replay(model: Any, n_samples: int, min_size: int = 1) -> TrainStats | None:
+    """Measure a model's Q and actor statistics on a replay sample, without disturbing training.
 
-    :param model: an SB3 off-policy algorithm with an actor and a replay buffer
-    :param n_samples: observations to score
-    :param min_size: transitions the buffer must hold first
-    :return: the actions, ``(n_samples, action_dim)``, or None (no actor, no buffer, too few transitions)
-    """
-    buffer = getattr(model, "replay_buffer", None)
-    if getattr(model, "actor", None) is None or buffer is None or buffer.size() < min_size:
-        return None
-    with preserved_rng(model.device), th.no_grad():
-        return deterministic_actions(model, buffer.sample(n_samples).observations)
+    The same functions as in :meth:`TD3CNN.train() <sb3_carla_td3.td3_cnn.TD3CNN.train>` compute the record
+    (:func:`~sb3_carla_td3.train_stats.q_statistics`, :func:`~sb3_carla_td3.train_stats.saturation_share`,
+    :func:`~sb3_carla_td3.train_stats.action_spread`): the critic's Q of the stored actions, where cheap its one-step
+    target, and the actor's deterministic actions (:func:`deterministic_actions`) with their Q1. The global RNG states
+    are restored afterwards (:func:`preserved_rng`), so a seeded run draws the same batches and noise with or without
+    this check.
 
-
-class ActorCheckCallback(BaseCallback):
-    """Base of the checks that judge the actor's deterministic actions (saturation, a blind actor).
-
-    :meth:`_actor_value` gives one measurement: with TD3CNN, its per-update statistic after each new actor update
-    (``last_train_stats``, counted by ``n_actor_updates``); with other algorithms, a score of the actions on
-    ``n_samples`` replay observations every ``check_freq`` steps (:func:`replay_actions`); without an actor, None and
-    :attr:`not_applicable` says why.
-
-    :param check_freq: env steps between replay checks, >= 1
-    :param n_samples: replay observations scored per replay check
-    :param verbose: verbosity level
-    """
-
-    def __init__(self, check_freq: int, n_samples: int, verbose: int = 0) -> None:
-        super().__init__(verbose=verbose)
-        self.check_freq, self.n_samples = check_freq, n_samples
-        self._last_updates: float | None = None
-        self.not_applicable: str | None = None
-
-    def _applicable(self) -> bool:
-        """:return: whether the model has an actor and a replay buffer (else :attr:`not_applicable` says so)"""
-        if getattr(self.model, "actor", None) is None or getattr(self.model, "replay_buffer", None) is None:
-            self.not_applicable = f"{type(self.model).__name__} has no actor and replay buffer to score"
-            return False
-        return True
-
-    def _actor_value(self, stat: str, score: Callable[[th.Tensor], float], min_size: int = 1) -> float | None:
-        """:return: ``last_train_stats[stat]`` or ``score(actions)``, or None when nothing new was measured"""
-        if not self._applicable():
-            return None
-        stats = getattr(self.model, "last_train_stats", None)
-        if stats is not None:
-            if stat not in stats or stats.get("n_actor_updates") == self._last_updates:
-                return None  # no actor update since the last check (policy_delay)
-            self._last_updates = stats.get("n_actor_updates")
-            return stats[stat]
-        actions = None if self.n_calls % self.check_freq else replay_actions(self.model, self.n_samples, min_size)
-        return None if actions is None else score(actions)
-
-
-def score_critic(model: Any, n_samples: int) -> QSample | None:
-    """Score the critic on a replay sample (its Q of the stored and of the actor's actions, and where cheap its one-step
-    target), without disturbing training.
-
-    The global RNG states are restored afterwards (:func:`preserved_rng`), so a seeded run draws the same batches
-    and noise with or without this check. The actor's action is its deterministic one (:func:`deterministic_actions`).
-
-    :param model: an off-policy SB3 algorithm with ``replay_buffer``, ``critic`` and ``actor`` (typed Any: TD3, SAC, TQC
-        and CrossQ share these attributes but no class that declares them)
+    :param model: an off-policy SB3 algorithm with ``replay_buffer`` and ``critic`` (typed Any: TD3, SAC, TQC and
+        CrossQ share these attributes but no class that declares them); without an actor the actor fields stay None
     :param n_samples: transitions to score, >= 1
-    :return: the statistics, or None when the replay buffer is still empty
+    :param min_size: transitions the buffer must hold first (2 for a spread)
+    :return: the statistics (``n_updates`` = the model's gradient updates so far), or None when the buffer holds fewer
+        than ``min_size`` transitions or the model has no critic
     """
     buffer = getattr(model, "replay_buffer", None)
-    if buffer is None or buffer.size() == 0:
+    if buffer is None or buffer.size() < max(min_size, 1) or getattr(model, "critic", None) is None:
         return None
     with preserved_rng(model.device), th.no_grad():
         data = buffer.sample(n_samples, env=model.get_vec_normalize_env())
         q_values = critic_values(model.critic(data.observations, data.actions))
-        policy_q = critic_values(model.critic(data.observations, deterministic_actions(model, data.observations))).mean()
-        target = _target_values(model, data)
-        stats = [q_values.mean(), q_values.max(), q_values.abs().max(), policy_q]
-        if target is not None:
-            stats += [target.mean(), target.max()]
-        numbers = th.stack(stats).float().cpu().tolist()
-    targets: list[float | None] = numbers[4:] if target is not None else [None, None]
-    return QSample(
-        q_mean=numbers[0],
-        q_max=numbers[1],
-        q_abs_max=max(numbers[2], abs(numbers[3])),
-        target_q_mean=targets[0],
-        target_q_max=targets[1],
-        n_updates=int(getattr(model, "_n_updates", 0)),
-        policy_q_mean=numbers[3],
-    )
+        tensors = q_statistics(q_values.split(1, dim=1), _target_values(model, data))
+        actions = deterministic_actions(model, data.observations)
+        if actions is not None:
+            tensors["actor_q_mean"] = critic_values(model.critic(data.observations, actions))[:, 0].mean()
+            tensors["actor_saturation"] = saturation_share(actions)
+            tensors["actor_action_std"] = action_spread(actions)
+        numbers = th.stack([t.float() for t in tensors.values()]).cpu().tolist()
+    return TrainStats(n_updates=int(getattr(model, "_n_updates", 0))).updated(dict(zip(tensors, numbers, strict=True)))
 
 
-def stats_q_sample(stats: dict[str, float]) -> QSample:
-    """Build a :class:`QSample` from TD3CNN's ``last_train_stats`` (latest update; magnitude from mean and max).
+def score_critic(model: Any, n_samples: int) -> QSample | None:
+    """The Q statistics of a replay sample (:func:`score_replay`) as a :class:`QSample`.
 
-    :param stats: the algorithm's ``last_train_stats`` holding ``q1_mean``, ``q_max`` and ``n_updates``, and
-        ``actor_q_mean`` once the actor has been updated
-    :return: the statistics
+    :param model: an off-policy SB3 algorithm with ``replay_buffer``, ``critic`` and ``actor``
+    :param n_samples: transitions to score, >= 1
+    :return: the statistics, or None when the replay buffer is still empty
     """
-    means = [stats[key] for key in ("q1_mean", "q2_mean") if key in stats]
-    policy_q = stats.get("actor_q_mean")
-    magnitudes = [stats["q_max"], stats.get("q_min", stats["q_max"]), *means, *([policy_q] if policy_q is not None else [])]
+    stats = score_replay(model, n_samples)
+    return None if stats is None else stats_q_sample(stats)
+
+
+def stats_q_sample(stats: TrainStats) -> QSample:
+    """Build a :class:`QSample` from a :class:`TrainStats` (magnitude from the mean, max and min).
+
+    :param stats: a record holding ``q1_mean`` and ``q_max`` (``q2_mean``, ``q_min``, ``actor_q_mean`` and the
+        target's fields count when present)
+    :return: the statistics
+    :raises ValueError: a record without Q statistics
+    """
+    if stats.q1_mean is None or stats.q_max is None:
+        raise ValueError(f"the record holds no Q statistics (q1_mean={stats.q1_mean}, q_max={stats.q_max})")
+    means = [value for value in (stats.q1_mean, stats.q2_mean) if value is not None]
+    extremes = [value for value in (stats.q_max, stats.q_min, stats.actor_q_mean) if value is not None]
     return QSample(
         q_mean=float(np.mean(means)),
-        q_max=stats["q_max"],
-        q_abs_max=max(abs(value) for value in magnitudes),
-        target_q_mean=stats.get("target_q_mean"),
-        target_q_max=stats.get("target_q_max"),
-        n_updates=int(stats["n_updates"]),
-        policy_q_mean=policy_q,
+        q_max=stats.q_max,
+        q_abs_max=max(abs(value) for value in [*extremes, *means]),
+        target_q_mean=stats.target_q_mean,
+        target_q_max=stats.target_q_max,
+        n_updates=stats.n_updates,
+        policy_q_mean=stats.actor_q_mean,
     )
 
 
@@ -233,7 +190,7 @@ def divergence_reason(
     """Decide whether a Q magnitude has diverged; the message carries the numbers.
 
     :param q_abs: the current largest |Q| (return units)
-    :param earlier_q_abs: the same quantity ``growth_window`` checks ago; None until that many checks exist
+    :param earlier_q_abs: the same quantity at a check ``growth_window_steps`` env steps earlier; None until one exists
     :param bound: the largest plausible |Q| (``margin * max|r| / (1 - gamma) + atol``); None disables this test
     :param floor: |Q| must exceed this for the growth test to fire; None disables the growth test
     :param growth_factor: growth over the window that counts as divergence (> 1); None disables the growth test

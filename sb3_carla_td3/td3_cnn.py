@@ -26,7 +26,6 @@ from sb3_carla_td3.buffers import (
     detect_frame_stack,
     replay_bytes_per_transition,
 )
-from sb3_carla_td3.callbacks.saturation import SATURATED
 from sb3_carla_td3.errors import NonFiniteGradientError, ReplayMemoryError
 from sb3_carla_td3.extractors import CnnGruExtractor
 from sb3_carla_td3.gradients import (
@@ -45,6 +44,7 @@ from sb3_carla_td3.policies import (
     SharedEncoderPolicy,
     _has_image,
 )
+from sb3_carla_td3.train_stats import TrainStats, action_spread, q_statistics, saturation_share, side_field
 
 SelfTD3CNN = TypeVar("SelfTD3CNN", bound="TD3CNN")
 
@@ -186,6 +186,8 @@ class TD3CNN(TD3):
     :param _init_setup_model: build the networks now
     """
 
+    #: ``train()`` keeps a :class:`TrainStats` in ``last_train_stats`` (:func:`~sb3_carla_td3.train_stats.measures_itself`).
+    measures_train_stats: ClassVar[bool] = True
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
         "CnnPolicy": CnnPolicy,
@@ -272,7 +274,8 @@ class TD3CNN(TD3):
         self.augment_pad = augment_pad
         self._auto_noise = action_noise == "auto"
         self.nonfinite_skips = 0
-        self.last_train_stats: dict[str, float] = {}
+        #: The latest update's statistics (None before the first ``train()`` call); see :class:`TrainStats`.
+        self.last_train_stats: TrainStats | None = None
         self._slow_step_checked = False
         super().__init__(
             policy,
@@ -318,6 +321,9 @@ class TD3CNN(TD3):
             sigma = np.full(n_actions, DEFAULT_EXPLORATION_NOISE)
             self.action_noise, self._auto_noise = NormalActionNoise(np.zeros(n_actions), sigma), False
         super()._setup_model()
+        loaded: Any = self.last_train_stats
+        if isinstance(loaded, dict):  # a 0.1.0 checkpoint kept the statistics as a dict keyed by field name
+            self.last_train_stats = TrainStats.from_record(loaded) if loaded else None
         self._shared = isinstance(self.policy, SharedEncoderPolicy)
         self.actor_lr_schedule = FloatSchedule(self.learning_rate if self.actor_lr is None else self.actor_lr)
         self.critic_lr_schedule = FloatSchedule(self.learning_rate if self.critic_lr is None else self.critic_lr)
@@ -484,7 +490,7 @@ class TD3CNN(TD3):
 
             current_q = self.critic(obs_input, replay_data.actions)
             critic_loss = th.stack([F.mse_loss(q, target_q) for q in current_q]).sum()
-            q_stats = self._q_statistics(current_q, target_q)
+            q_stats = q_statistics(current_q, target_q)
             critic_updates.append(self._optimizer_step(self._critic_params, critic_loss, self.critic_grad_clip, q_stats))
 
             if self._n_updates % self.policy_delay == 0:
@@ -496,12 +502,14 @@ class TD3CNN(TD3):
                 actor_q = self._policy_q(actor_input, policy_actions)
                 preact_sq = preact.pow(2).mean()
                 actor_loss = -actor_q.mean() + self.preact_penalty * preact_sq
-                # A tanh actor pinned at +-1 has ~0 gradient: the share of saturated entries makes that visible.
-                saturated = (policy_actions.detach().abs() > SATURATED).float().mean()
-                actor_q_stats = {"actor_q_mean": actor_q.mean(), "actor_saturation": saturated}
-                actor_q_stats["actor_preact_sq"] = preact_sq.detach()
-                # An actor that acts alike on every observation is blind (a dead encoder): the spread makes it visible.
-                actor_q_stats["actor_action_std"] = policy_actions.detach().std(dim=0, correction=0).max()
+                # A tanh actor pinned at +-1 has ~0 gradient (saturation); one that acts alike on every observation
+                # is blind (a dead encoder, spread ~0): both are measured on every actor update.
+                actor_q_stats = {
+                    "actor_q_mean": actor_q.mean(),
+                    "actor_saturation": saturation_share(policy_actions),
+                    "actor_preact_sq": preact_sq.detach(),
+                    "actor_action_std": action_spread(policy_actions),
+                }
                 actor_updates.append(self._optimizer_step(self._actor_params, actor_loss, self.actor_grad_clip, actor_q_stats))
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
                 polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
@@ -509,9 +517,8 @@ class TD3CNN(TD3):
                 polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
                 polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
 
-        self._record_train_stats({"critic": critic_updates, "actor": actor_updates})
         elapsed = time.perf_counter() - started
-        self.last_train_stats["seconds_per_update"] = elapsed / max(gradient_steps, 1)
+        self._record_train_stats({"critic": critic_updates, "actor": actor_updates}, elapsed / max(gradient_steps, 1))
         self._warn_if_slow(elapsed, gradient_steps)
 
     def _actor_forward(self, actor_input: Any) -> tuple[th.Tensor, th.Tensor]:
@@ -542,26 +549,6 @@ class TD3CNN(TD3):
         weights = {name: param.detach() for name, param in q_head.named_parameters()}
         return th.func.functional_call(q_head, weights, (th.cat([features, actions], dim=1),))
 
-    @staticmethod
-    def _q_statistics(current_q: tuple[th.Tensor, ...], target_q: th.Tensor) -> dict[str, th.Tensor]:
-        """The Q statistics logged per update, as 0-d tensors read in the critic step's single host sync.
-
-        :param current_q: each critic's Q(s, a) on the replay batch, ``(batch, 1)`` each
-        :param target_q: the TD target, ``(batch, 1)``
-        :return: ``q1_mean`` (and ``q2_mean``), ``q_max``, ``q_min``, ``target_q_mean``, ``target_q_max``
-        """
-        all_q = th.cat(current_q, dim=1).detach()
-        stats = {
-            "q1_mean": current_q[0].mean(),
-            "q_max": all_q.max(),
-            "q_min": all_q.min(),
-            "target_q_mean": target_q.mean(),
-            "target_q_max": target_q.max(),
-        }
-        if len(current_q) > 1:
-            stats["q2_mean"] = current_q[1].mean()
-        return stats
-
     def _optimizer_step(
         self, params: OptimizedParams, loss: th.Tensor, max_norm: float | None, monitored: dict[str, th.Tensor]
     ) -> dict[str, float]:
@@ -573,21 +560,22 @@ class TD3CNN(TD3):
         :param params: the parameters this side's optimizer steps, split into encoder and head
         :param loss: the scalar loss of this side
         :param max_norm: the side's clip limit (None: no clipping)
-        :param monitored: extra 0-d tensors to read in the same host sync (Q statistics)
-        :return: per-update floats keyed without the ``train/`` prefix
+        :param monitored: extra 0-d tensors to read in the same host sync, keyed by :class:`TrainStats` field
+        :return: per-update floats keyed by :class:`TrainStats` field; an empty dict for a skipped update
         """
         side = params.name
         optimizer = self.actor.optimizer if side == "actor" else self.critic.optimizer
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         pre = measure_gradients(params)
-        keys = [f"{side}_loss", f"{side}_cnn_grad_norm_pre", f"{side}_head_grad_norm_pre", f"{side}_grad_norm_pre"]
+        loss_key, pre_key = side_field(side, "loss"), side_field(side, "grad_norm_pre")
+        keys = [loss_key, side_field(side, "cnn_grad_norm_pre"), side_field(side, "head_grad_norm_pre"), pre_key]
         tensors = [loss.detach(), pre.encoder, pre.head, pre.total, *monitored.values()]
         values = dict(zip([*keys, *monitored], th.stack([t.float().to(loss.device) for t in tensors]).tolist(), strict=True))
 
-        pre_norm = values[f"{side}_grad_norm_pre"]
-        if not all_finite([values[f"{side}_loss"], pre_norm]):
-            message = f"non-finite {side} update at gradient step {self._n_updates}: loss={values[f'{side}_loss']}, "
+        pre_norm = values[pre_key]
+        if not all_finite([values[loss_key], pre_norm]):
+            message = f"non-finite {side} update at gradient step {self._n_updates}: loss={values[loss_key]}, "
             message += f"gradient norm={pre_norm}"
             if self.nonfinite_grads == "raise":
                 raise NonFiniteGradientError(message + "; nonfinite_grads='raise'")
@@ -595,39 +583,42 @@ class TD3CNN(TD3):
             self.nonfinite_skips += 1
             message += "; the optimizer step was skipped (weights and optimizer state unchanged)"
             warnings.warn(message, RuntimeWarning, stacklevel=3)
-            return {f"{side}_skipped": 1.0}
+            return {}
 
         clipped, post_norm = False, pre_norm
         if max_norm is not None and pre_norm > max_norm:
             clipped, post_norm = True, clip_to_norm(params, max_norm, pre.total)
         check_clip(side, post_norm, max_norm, self.clip_check)
         optimizer.step()
-        return values | {f"{side}_grad_norm_post": post_norm, f"{side}_clipped": float(clipped)}
+        return values | {side_field(side, "grad_norm_post"): post_norm, side_field(side, "clip_fraction"): float(clipped)}
 
-    def _record_train_stats(self, updates: dict[str, list[dict[str, float]]]) -> None:
-        """Log the means over this call's updates per side and keep the latest values in ``last_train_stats``.
+    def _record_train_stats(self, updates: dict[str, list[dict[str, float]]], seconds_per_update: float) -> None:
+        """Log the means over this call's updates per side (``train/<field>``) and keep the latest values in
+        ``last_train_stats``.
 
-        :param updates: per side ("critic", "actor"), one dict per update of this call (skipped updates included)
+        :param updates: per side ("critic", "actor"), one dict per update of this call (empty for a skipped update)
+        :param seconds_per_update: wall-clock seconds per gradient step of this call
         """
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        previous = self.last_train_stats or TrainStats()
         latest: dict[str, float] = {}
         for side, side_updates in updates.items():
-            stepped = [u for u in side_updates if f"{side}_clipped" in u]
+            stepped = [update for update in side_updates if update]
             if not stepped:
                 continue
+            # The clip fraction is the mean of each update's 0/1 "clipped": the same mean as every other value.
             for key in stepped[-1]:
-                if key != f"{side}_clipped":
-                    self.logger.record(f"train/{key}", float(np.mean([u[key] for u in stepped])))
+                latest[key] = float(np.mean([u[key] for u in stepped]))
+                self.logger.record(f"train/{key}", latest[key])
+                if key != side_field(side, "clip_fraction"):
                     latest[key] = stepped[-1][key]
-            latest[f"{side}_clip_fraction"] = float(np.mean([u[f"{side}_clipped"] for u in stepped]))
-            latest[f"n_{side}_updates"] = self.last_train_stats.get(f"n_{side}_updates", 0.0) + len(stepped)
-            latest[f"{side}_grad_norm_post_max"] = max(u[f"{side}_grad_norm_post"] for u in stepped)
-            self.logger.record(f"train/{side}_clip_fraction", latest[f"{side}_clip_fraction"])
+            counted = f"n_{side}_updates"
+            latest[counted] = (getattr(previous, counted) or 0) + len(stepped)
+            post = side_field(side, "grad_norm_post")
+            latest[side_field(side, "grad_norm_post_max")] = max(u[post] for u in stepped)
         self.logger.record("train/nonfinite_skips", self.nonfinite_skips)
-        self.last_train_stats = self.last_train_stats | latest | {
-            "n_updates": float(self._n_updates),
-            "nonfinite_skips": float(self.nonfinite_skips),
-        }
+        latest |= {"n_updates": self._n_updates, "nonfinite_skips": self.nonfinite_skips}
+        self.last_train_stats = previous.updated(latest | {"seconds_per_update": seconds_per_update})
 
     def _warn_if_slow(self, seconds: float, gradient_steps: int) -> None:
         """Warn once when CPU gradient steps with the pooled per-frame encoder are slow, naming the cheaper option."""

@@ -74,7 +74,7 @@ def test_td3cnn_trains_on_shifted_frame_stacked_images(monkeypatch, encoder):
     assert isinstance(model.replay_buffer, FrameStackReplayBuffer)
     model.learn(40)
     assert len(calls) == model._n_updates == 8 and calls[0][1] == 3
-    assert model.last_train_stats["critic_grad_norm_pre"] > 0
+    assert model.last_train_stats.critic_grad_norm_pre > 0
 
 
 @pytest.mark.parametrize("encoder", ["separate", "shared"])

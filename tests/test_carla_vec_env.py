@@ -297,7 +297,7 @@ def test_a_run_with_two_server_deaths_and_a_killed_worker_finishes_every_step(tm
     finally:
         venv.close()
     steps = callback.n_calls
-    assert model.num_timesteps == 2000 and model.last_train_stats["n_updates"] == 50
+    assert model.num_timesteps == 2000 and model.last_train_stats.n_updates == 50
     assert steps == 1000
     assert reasons.count("server_lost") == 2 and reasons.count("worker_restarted") == 1
     assert venv.worker_restarts == 1

@@ -201,6 +201,7 @@ def test_monitor_defaults_match_the_callbacks_defaults():
         (monitor.collapse_window, episodes["window"]), (monitor.baseline_episodes, episodes["baseline_episodes"]),
         (monitor.baseline_length, episodes["baseline_length"]),
         (monitor.reward_window, rewards["window"]), (monitor.reward_tolerance, rewards["tolerance"]),
-        (monitor.saturation_max_fraction, saturation["max_fraction"]), (monitor.saturation_patience, saturation["patience"]),
+        (monitor.saturation_max_fraction, saturation["max_fraction"]),
+        (monitor.saturation_patience_steps, saturation["patience_steps"]),
     ]  # fmt: skip
     assert [a for a, b in pairs if a != b] == []

@@ -212,8 +212,8 @@ def test_monkeypatch_on_the_old_saturation_path_reaches_the_new_one(monkeypatch)
 
     import sb3_carla_td3.callbacks.saturation
 
-    monkeypatch.setattr(sb3_carla_td3.saturation, "SATURATED", 0.5)
-    assert sb3_carla_td3.callbacks.saturation.saturation_fraction(th.tensor([0.6, 0.4])) == pytest.approx(0.5)
+    monkeypatch.setattr(sb3_carla_td3.saturation, "saturation_share", lambda actions: th.tensor(0.25))
+    assert sb3_carla_td3.callbacks.saturation.saturation_fraction(th.tensor([0.6, 0.4])) == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(

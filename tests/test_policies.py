@@ -82,7 +82,7 @@ def test_dict_observation_trains_end_to_end(encoder):
     model.learn(50)
     after = list(critic_encoder.parameters())
     assert all(not th.equal(a, b) for a, b in zip(before, after, strict=True))
-    assert model.last_train_stats["critic_cnn_grad_norm_pre"] > 0
+    assert model.last_train_stats.critic_cnn_grad_norm_pre > 0
 
 
 def test_pooled_encoder_on_cpu_warns_once_with_the_measured_time(monkeypatch):

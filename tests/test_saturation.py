@@ -27,20 +27,20 @@ def test_saturation_fraction_counts_entries_beyond_0_99():
 def test_td3cnn_logs_the_share_of_saturated_actions():
     model = make_model(learning_starts=30, preact_penalty=0.0)  # plain TD3: the penalty would pull it back
     model.learn(40)
-    assert 0.0 <= model.last_train_stats["actor_saturation"] < 0.5
+    assert 0.0 <= model.last_train_stats.actor_saturation < 0.5
     pin_actor(model.actor.mu)
     model.actor.optimizer.param_groups[0]["lr"] = 0.0
     model.actor_lr_schedule = lambda _: 0.0
     model.policy_delay = 1
     model.train(gradient_steps=1, batch_size=8)
-    assert model.last_train_stats["actor_saturation"] == 1.0
-    assert model.last_train_stats["actor_grad_norm_pre"] < 1e-6  # why it matters: no gradient gets through
+    assert model.last_train_stats.actor_saturation == 1.0
+    assert model.last_train_stats.actor_grad_norm_pre < 1e-6  # why it matters: no gradient gets through
 
 
 def test_pinned_td3cnn_actor_is_flagged_and_can_stop_training(tmp_path):
     model = make_model(learning_starts=30, policy_delay=1, actor_lr=1e-12)
     pin_actor(model.actor.mu)
-    callback = ActionSaturationCallback(patience=3, stop_on_saturation=True, checkpoint_path=tmp_path / "saturated.zip")
+    callback = ActionSaturationCallback(patience_steps=3, stop_on_saturation=True, checkpoint_path=tmp_path / "saturated.zip")
     with pytest.warns(TrainingHealthWarning, match="actor saturated at timestep"):
         model.learn(100, callback=callback)
     assert model.num_timesteps < 100 and callback.saturated_at_step is not None
@@ -52,7 +52,7 @@ def test_pinned_td3cnn_actor_is_flagged_and_can_stop_training(tmp_path):
 def test_plain_sb3_td3_actor_is_scored_on_replay_samples():
     model = TD3("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16]}, learning_rate=1e-12, seed=0)
     pin_actor(model.actor.mu)
-    callback = ActionSaturationCallback(patience=2, check_freq=20)
+    callback = ActionSaturationCallback(patience_steps=20, check_freq=20)
     with pytest.warns(TrainingHealthWarning, match="actor saturated"):
         model.learn(120, callback=callback)
     assert callback.verdict().passed is False
@@ -66,7 +66,9 @@ def test_healthy_run_passes_and_the_bundle_reports_it():
     assert verdict.passed is True and verdict.value < 0.9
 
 
-@pytest.mark.parametrize(("kwargs", "name"), [({"max_fraction": 0.0}, "max_fraction"), ({"patience": 0}, "patience")])
+@pytest.mark.parametrize(
+    ("kwargs", "name"), [({"max_fraction": 0.0}, "max_fraction"), ({"patience_steps": -1}, "patience_steps")]
+)
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ActionSaturationCallback(**kwargs)
@@ -98,7 +100,7 @@ def test_sac_is_scored_on_its_deterministic_mean_action():
         model.actor.mu.bias.zero_()  # mean action tanh(0) = 0: nowhere near the bounds
         model.actor.log_std.weight.zero_()
         model.actor.log_std.bias.fill_(2.0)  # std e^2: about 70 % of *sampled* actions land beyond |a| = 0.99
-    callback = ActionSaturationCallback(patience=2, check_freq=20)
+    callback = ActionSaturationCallback(patience_steps=20, check_freq=20)
     model.learn(120, callback=callback)
     assert callback.latest == 0.0 and callback.verdict().passed is True
 

@@ -38,9 +38,9 @@ def test_every_step_consumes_gradients_within_the_clip_limit(filled_model, side)
     assert len(steps) == (6 if side == "critic" else 3)
     assert all(step["global"] <= limit * (1 + 1e-6) for step in steps)
     stats = filled_model.last_train_stats
-    assert stats[f"{side}_grad_norm_pre"] > stats[f"{side}_grad_norm_post"]
-    assert stats[f"{side}_grad_norm_post"] == pytest.approx(steps[-1]["global"], rel=1e-5)
-    assert stats[f"{side}_clip_fraction"] == 1.0
+    assert stats.side(side, "grad_norm_pre") > stats.side(side, "grad_norm_post")
+    assert stats.side(side, "grad_norm_post") == pytest.approx(steps[-1]["global"], rel=1e-5)
+    assert stats.side(side, "clip_fraction") == 1.0
 
 
 def test_sum_of_norms_metric_would_report_a_false_clipping_failure(filled_model):
@@ -53,16 +53,16 @@ def test_sum_of_norms_metric_would_report_a_false_clipping_failure(filled_model)
     assert steps[-1]["tensors"] > 1
     assert steps[-1]["global"] <= limit * (1 + 1e-6)
     assert steps[-1]["sum_of_norms"] > limit * 1.5
-    assert filled_model.last_train_stats["critic_grad_norm_post"] <= limit * (1 + 1e-6)
+    assert filled_model.last_train_stats.critic_grad_norm_post <= limit * (1 + 1e-6)
 
 
 def test_component_norms_combine_into_the_global_pre_clip_norm(filled_model):
     filled_model.train(gradient_steps=2, batch_size=8)
     stats = filled_model.last_train_stats
     for side in ("actor", "critic"):
-        combined = math.hypot(stats[f"{side}_cnn_grad_norm_pre"], stats[f"{side}_head_grad_norm_pre"])
-        assert stats[f"{side}_grad_norm_pre"] == pytest.approx(combined, rel=1e-5)
-        assert stats[f"{side}_cnn_grad_norm_pre"] > 0
+        combined = math.hypot(stats.side(side, "cnn_grad_norm_pre"), stats.side(side, "head_grad_norm_pre"))
+        assert stats.side(side, "grad_norm_pre") == pytest.approx(combined, rel=1e-5)
+        assert stats.side(side, "cnn_grad_norm_pre") > 0
 
 
 def test_huge_limit_leaves_gradients_unchanged(filled_model):
@@ -70,8 +70,8 @@ def test_huge_limit_leaves_gradients_unchanged(filled_model):
     filled_model.train(gradient_steps=2, batch_size=8)
     stats = filled_model.last_train_stats
     for side in ("actor", "critic"):
-        assert stats[f"{side}_grad_norm_post"] == pytest.approx(stats[f"{side}_grad_norm_pre"], rel=1e-5)
-        assert stats[f"{side}_clip_fraction"] == 0.0
+        assert stats.side(side, "grad_norm_post") == pytest.approx(stats.side(side, "grad_norm_pre"), rel=1e-5)
+        assert stats.side(side, "clip_fraction") == 0.0
 
 
 def test_clipping_none_measures_but_does_not_clip(filled_model):
@@ -79,7 +79,7 @@ def test_clipping_none_measures_but_does_not_clip(filled_model):
     steps: list[dict[str, float]] = []
     record_steps(filled_model.critic.optimizer, steps)
     filled_model.train(gradient_steps=1, batch_size=8)
-    assert filled_model.last_train_stats["critic_grad_norm_pre"] == pytest.approx(steps[0]["global"], rel=1e-5)
+    assert filled_model.last_train_stats.critic_grad_norm_pre == pytest.approx(steps[0]["global"], rel=1e-5)
 
 
 def _broken_clip(params, max_norm, total_norm):
@@ -119,7 +119,7 @@ def test_nan_gradient_skips_the_step_and_keeps_weights_and_optimizer_state(fille
     assert all(th.equal(w, p.detach()) for w, p in zip(weights, filled_model.critic.parameters(), strict=True))
     assert [s["step"] for s in filled_model.critic.optimizer.state.values()] == adam_steps
     assert filled_model.nonfinite_skips == 1
-    assert filled_model.last_train_stats["nonfinite_skips"] == 1.0
+    assert filled_model.last_train_stats.nonfinite_skips == 1.0
 
 
 def test_nan_gradient_raises_when_asked(filled_model):
@@ -150,7 +150,7 @@ def test_all_documented_train_keys_are_logged(filled_model):
     ]  # fmt: skip
     logged = filled_model.logger.name_to_value
     assert [key for key in expected if f"train/{key}" not in logged] == []
-    assert [key for key in expected if key not in filled_model.last_train_stats] == []
+    assert [key for key in expected if getattr(filled_model.last_train_stats, key) is None] == []
 
 
 def test_targets_own_their_encoders():
@@ -266,8 +266,8 @@ def test_shared_encoder_gets_no_gradient_from_the_actor_loss():
     model.actor.optimizer.register_step_pre_hook(before_actor_step)
     model.train(gradient_steps=2, batch_size=8)
     assert unchanged == [True, True]
-    assert model.last_train_stats["actor_cnn_grad_norm_pre"] == 0.0
-    assert model.last_train_stats["critic_cnn_grad_norm_pre"] > 0.0
+    assert model.last_train_stats.actor_cnn_grad_norm_pre == 0.0
+    assert model.last_train_stats.critic_cnn_grad_norm_pre > 0.0
 
 
 def test_shared_encoder_clipping_covers_the_encoder():
@@ -294,9 +294,9 @@ def test_preact_penalty_is_added_to_the_actor_loss(filled_model):
     filled_model.preact_penalty = 0.5
     filled_model.train(gradient_steps=2, batch_size=8)
     stats = filled_model.last_train_stats
-    assert stats["actor_preact_sq"] > 0
-    expected = -stats["actor_q_mean"] + 0.5 * stats["actor_preact_sq"]
-    assert stats["actor_loss"] == pytest.approx(expected, rel=1e-5)
+    assert stats.actor_preact_sq > 0
+    expected = -stats.actor_q_mean + 0.5 * stats.actor_preact_sq
+    assert stats.actor_loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_pre_tanh_values_are_the_actors_output_before_its_tanh(filled_model):
@@ -318,7 +318,7 @@ def test_preact_penalty_pulls_a_saturated_actor_off_its_plateau(encoder):
             model.actor.mu[-2].weight.mul_(50.0)
             model.actor.mu[-2].bias.fill_(5.0)
         model.train(gradient_steps=60, batch_size=8)
-        results[penalty] = model.last_train_stats["actor_preact_sq"]
+        results[penalty] = model.last_train_stats.actor_preact_sq
     assert results[10.0] < 0.1 * results[0.0], results
 
 

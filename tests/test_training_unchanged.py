@@ -24,10 +24,10 @@ from stable_baselines3.common.logger import Logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import make_image_env, make_model  # noqa: E402
+from conftest import make_image_env, make_model
 
-from sb3_carla_td3.callbacks import TrainingHealthCallback  # noqa: E402
-from sb3_carla_td3.validation.recorder import MetricsRecorder  # noqa: E402
+from sb3_carla_td3.callbacks import TrainingHealthCallback
+from sb3_carla_td3.validation.recorder import MetricsRecorder
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "training_golden.json"
 CASES = {

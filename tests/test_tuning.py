@@ -29,6 +29,7 @@ from optuna.trial import TrialState  # noqa: E402
 from sb3_carla_td3.cli import main  # noqa: E402
 from sb3_carla_td3.config import config_from_dict, load_config  # noqa: E402
 from sb3_carla_td3.errors import ConfigError  # noqa: E402
+from sb3_carla_td3.train_stats import TrainStats  # noqa: E402
 from sb3_carla_td3.tuning import (  # noqa: E402
     HEALTH_CHECKS,
     HealthPruningCallback,
@@ -68,7 +69,7 @@ BASE: dict[str, Any] = {
         "collapse_window": 2,
         "reward_window": 3,
         "q_check_freq": 50,
-        "saturation_patience": 20,
+        "saturation_patience_steps": 40,
     },
 }
 SPACE: dict[str, Any] = {
@@ -453,13 +454,13 @@ def test_health_failure_names_the_first_failed_check_and_counts_nonfinite_update
     from sb3_carla_td3.callbacks import TrainingHealthCallback
 
     health = TrainingHealthCallback()
-    assert health_failure(health, {"nonfinite_skips": 0}, HEALTH_CHECKS) is None
-    assert health_failure(health, {"nonfinite_skips": 2}, HEALTH_CHECKS, max_nonfinite_skips=2) is None
-    check, _, reason = health_failure(health, {"nonfinite_skips": 3}, HEALTH_CHECKS, max_nonfinite_skips=2)
+    assert health_failure(health, TrainStats(nonfinite_skips=0), HEALTH_CHECKS) is None
+    assert health_failure(health, TrainStats(nonfinite_skips=2), HEALTH_CHECKS, max_nonfinite_skips=2) is None
+    check, _, reason = health_failure(health, TrainStats(nonfinite_skips=3), HEALTH_CHECKS, max_nonfinite_skips=2)
     assert check == "nonfinite_updates" and "3 non-finite updates" in reason
     health.episodes.collapsed_at_step, health.episodes.rolling, health.episodes.baseline = 120, 2.0, 40.0
-    assert health_failure(health, {}, ["q_bound", "episode_length"])[:2] == ("episode_length", 120)
-    assert health_failure(health, {}, ["q_bound"]) is None
+    assert health_failure(health, None, ["q_bound", "episode_length"])[:2] == ("episode_length", 120)
+    assert health_failure(health, None, ["q_bound"]) is None
 
 
 def test_a_trial_started_past_n_trials_by_a_race_ends_at_once_without_training(tmp_path):

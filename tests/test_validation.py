@@ -134,8 +134,8 @@ def test_sigterm_saves_like_ctrl_c_and_restores_the_handler(tmp_path):
 
 def test_a_resumed_run_keeps_the_health_failures_of_its_first_part(tmp_path):
     """Interrupted after a health alarm and resumed: the final verdict still holds the alarm, with its timestep."""
-    # The tiny config's actor saturates within ~80 updates; 5 saturated checks in a row raise the alarm.
-    config = tiny_config(run={"total_timesteps": 160, "checkpoint_freq": 100}, monitor={"saturation_patience": 5})
+    # The tiny config's actor saturates within ~80 updates; 10 env steps of saturated checks (5 actor updates) raise the alarm.
+    config = tiny_config(run={"total_timesteps": 160, "checkpoint_freq": 100}, monitor={"saturation_patience_steps": 10})
     with pytest.warns(UserWarning, match="actor saturated"):
         first = train(config, tmp_path, callbacks=[InterruptAt(130)])
     failed_at = first.health.saturation.saturated_at_step
@@ -263,7 +263,7 @@ def test_vector_only_env_trains_an_mlp_policy(tmp_path):
     config = tiny_config(env={"image_obs": False, "vector_obs": True})
     result = train(config, tmp_path)
     assert type(result.model.policy) is MlpPolicy
-    assert result.model.num_timesteps == 150 and result.model.last_train_stats["n_updates"] == 100
+    assert result.model.num_timesteps == 150 and result.model.last_train_stats.n_updates == 100
 
 
 def test_vector_only_env_with_a_shared_encoder_names_the_problem(tmp_path):

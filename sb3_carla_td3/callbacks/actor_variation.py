@@ -13,39 +13,29 @@ from __future__ import annotations
 
 import os
 
-import torch as th
-
+from sb3_carla_td3.callbacks.actor_check import ActorCheckCallback
 from sb3_carla_td3.callbacks.utils import is_count, is_number, require
 from sb3_carla_td3.callbacks.verdicts import HealthVerdict, keep_training, warn_health
-from sb3_carla_td3.q_scoring import ActorCheckCallback
+from sb3_carla_td3.train_stats import action_spread
 
-
-def action_spread(actions: th.Tensor) -> float:
-    """How much the actions of a batch of observations differ: the largest per-dimension standard deviation.
-
-    One dimension that follows the observation (steering, say) is enough for an actor to see; 0 means every
-    observation got the same action.
-
-    :param actions: a batch of actions, ``(batch, action_dim)``, scaled to [-1, 1]
-    :return: ``max_j std_i actions[i, j]`` (population std: 0.0 for a batch of one)
-    """
-    return float(actions.float().std(dim=0, correction=0).max())
+__all__ = ["ActorVariationCallback", "action_spread"]
 
 
 class ActorVariationCallback(ActorCheckCallback):
     """Flag an actor whose deterministic actions stopped depending on the observation.
 
-    TD3CNN: reads ``last_train_stats["actor_action_std"]`` (the spread of the actor's actions over the replay batch of
-    its latest update, see :func:`action_spread`) after every train() call with an actor update. Other algorithms with
-    an actor: scores its deterministic action on ``n_samples`` replay observations every ``check_freq`` steps,
-    restoring every RNG it draws from; without an actor: N/A. Checks start ``warmup_steps`` env steps after
-    ``learning_starts``. Logs ``health/actor_action_std``; a spread below ``min_std`` for ``patience`` consecutive
-    checks sets ``health/actor_blind`` = 1 and warns.
+    Reads ``actor_action_std`` of a :class:`~sb3_carla_td3.train_stats.TrainStats` (the spread of the actor's actions
+    over a batch, see :func:`~sb3_carla_td3.train_stats.action_spread`): TD3CNN's after each actor update, or, for
+    another algorithm with an actor, a score of its deterministic action on ``n_samples`` replay observations every
+    ``check_freq`` env steps, restoring every RNG it draws from; without an actor: N/A. Checks start
+    ``warmup_steps`` env steps after ``learning_starts``. Logs ``health/actor_action_std``; a spread below ``min_std``
+    at every check for ``patience_steps`` env steps sets ``health/actor_blind`` = 1 and warns.
 
     :param min_std: the spread below which a check counts as blind, > 0
-    :param patience: consecutive blind checks before the alarm, >= 1
+    :param patience_steps: env steps the actor must stay blind before the alarm, >= 0 (200: 100 TD3CNN actor updates
+        at ``policy_delay`` 2)
     :param warmup_steps: env steps after ``learning_starts`` before the first check (a fresh actor is nearly blind), >= 0
-    :param check_freq: env steps between checks for algorithms without ``last_train_stats``, >= 1
+    :param check_freq: env steps between replay checks (algorithms without their own statistics), >= 1
     :param n_samples: replay observations scored per such check, >= 2
     :param stop_on_blind: stop training (after a checkpoint) on the alarm
     :param checkpoint_path: where to save the model before such a stop; None saves nothing
@@ -55,42 +45,32 @@ class ActorVariationCallback(ActorCheckCallback):
     def __init__(
         self,
         min_std: float = 0.01,
-        patience: int = 100,
+        patience_steps: int = 200,
         warmup_steps: int = 5_000,
-        check_freq: int = 1000,
+        check_freq: int = 50,
         n_samples: int = 256,
         stop_on_blind: bool = False,
         checkpoint_path: str | os.PathLike[str] | None = None,
         verbose: int = 0,
     ) -> None:
         require(is_number(min_std, 0), "min_std", min_std, "a float > 0")
-        for name, value in (("patience", patience), ("check_freq", check_freq)):
-            require(is_count(value), name, value, "an int >= 1")
         require(is_count(n_samples) and n_samples >= 2, "n_samples", n_samples, "an int >= 2")
-        require(isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0,
-                "warmup_steps", warmup_steps, "an int >= 0")  # fmt: skip
-        super().__init__(check_freq, n_samples, verbose=verbose)
-        self.min_std, self.patience, self.warmup_steps = float(min_std), patience, warmup_steps
+        super().__init__(patience_steps, warmup_steps, check_freq, n_samples, min_size=2, verbose=verbose)
+        self.min_std = float(min_std)
         self.stop_on_blind, self.checkpoint_path = stop_on_blind, checkpoint_path
         self.latest: float | None = None
         self.lowest: float | None = None
-        self.streak = 0
         self.blind_at_step: int | None = None
         self.spread_at_alarm: float | None = None
 
-    def _measure(self) -> float | None:
-        if not self._applicable() or self.num_timesteps < getattr(self.model, "learning_starts", 0) + self.warmup_steps:
-            return None  # no actor (N/A, said even inside the warm-up), or still warming up
-        return self._actor_value("actor_action_std", action_spread, min_size=2)
-
     def _on_step(self) -> bool:
-        spread = self._measure()
-        if spread is None:
+        stats = self._measure()
+        if stats is None or stats.actor_action_std is None:
             return True
+        spread = stats.actor_action_std
         self.latest, self.lowest = spread, spread if self.lowest is None else min(self.lowest, spread)
-        self.streak = self.streak + 1 if spread < self.min_std else 0
+        alarm = self._persists(spread < self.min_std)
         self.logger.record("health/actor_action_std", spread)
-        alarm = self.streak >= self.patience
         self.logger.record("health/actor_blind", float(alarm))
         if not alarm:
             return True
@@ -98,22 +78,25 @@ class ActorVariationCallback(ActorCheckCallback):
             self.blind_at_step, self.spread_at_alarm = self.num_timesteps, spread
             warn_health(
                 f"actor blind at timestep {self.num_timesteps}: its deterministic actions vary by at most {spread:.2g} "
-                f"(std over a replay batch) for {self.streak} consecutive checks, below {self.min_std:g}; it acts the "
-                "same on every observation (a dead encoder, or features the trunk maps to one point)"
+                f"(std over a replay batch) at every check for {self.persistence.held(self.num_timesteps)} env steps "
+                f"({self.persistence.failing_checks} checks), below {self.min_std:g}; it acts the same on every "
+                "observation (a dead encoder, or features the trunk maps to one point)"
             )
         return keep_training(self.model, self.stop_on_blind, self.checkpoint_path)
 
     def verdict(self) -> HealthVerdict:
-        """Whether the actor's actions never stayed independent of the observation for ``patience`` checks.
+        """Whether the actor's actions never stayed independent of the observation for ``patience_steps`` env steps.
 
-        :return: value = the spread at the alarm (else the latest), threshold = ``min_std``
+        :return: value = the spread at the alarm (else the latest), threshold = ``min_std``; N/A (with the reason)
+            without an actor or before the first check
         """
         if self.latest is None:
-            detail = self.not_applicable or f"not checked yet (checks start {self.warmup_steps} steps after learning_starts)"
+            start = f"checks start {self.warmup_steps} env steps after learning_starts"
+            detail = self.not_applicable or f"not checked yet ({start})"
             return HealthVerdict(None, None, self.min_std, detail)
         if self.blind_at_step is not None:
             detail = (
-                f"blind from timestep {self.blind_at_step} ({self.patience} consecutive checks); "
+                f"blind from timestep {self.blind_at_step} (at every check for {self.patience_steps} env steps); "
                 f"latest spread {self.latest:.3g}"
             )
             return HealthVerdict(False, self.spread_at_alarm, self.min_std, detail)

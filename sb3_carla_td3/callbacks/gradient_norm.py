@@ -1,7 +1,7 @@
 """Gradient norms: the global L2 norm of every actor and critic update, checked against its clip limit.
 
 With plain SB3 the norms come from a step pre-hook on each optimizer (:class:`StepNormRecorder`), without touching
-the algorithm's ``train()``; TD3CNN reports them itself in ``last_train_stats``.
+the algorithm's ``train()``; TD3CNN measures them itself (:class:`~sb3_carla_td3.train_stats.TrainStats`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from torch import nn
 
 from sb3_carla_td3.callbacks.utils import is_number, require
 from sb3_carla_td3.callbacks.verdicts import HealthVerdict, keep_training, warn_health
+from sb3_carla_td3.train_stats import SIDES, latest_train_stats, measures_itself
 
 #: The networks whose optimizers the gradient monitor watches, in report order.
-ROLES = ("actor", "critic")
+ROLES = SIDES
 
 
 def find_optimizers(model: BaseAlgorithm) -> dict[str, th.optim.Optimizer]:
@@ -83,22 +84,18 @@ def clip_verdict(name: str, max_norm: float | None, limit: float | None, rtol: f
 
     :param name: the network, e.g. ``"actor"``
     :param max_norm: largest norm over every update (L2 over the network's parameters); None when never updated
-    :param limit: the clip limit; None when there is none (the norm is then only reported, and passes)
+    :param limit: the clip limit; None when there is none (the check cannot fail: N/A, with the norm reported)
     :param rtol: relative tolerance of the comparison, >= 0
     :return: the verdict, value = ``max_norm``, threshold = ``limit``
     """
     if max_norm is None:
         return HealthVerdict(None, None, limit, f"no {name} update was measured")
     if limit is None:
-        return HealthVerdict(True, max_norm, None, f"no limit set; max {name} gradient norm {max_norm:.4g}")
+        detail = f"no clip limit to check against (max {name} gradient norm {max_norm:.4g}); set {name}_max_norm to judge it"
+        return HealthVerdict(None, max_norm, None, detail)
     passed = math.isfinite(max_norm) and max_norm <= limit * (1 + rtol)
     relation = "within" if passed else "above"
     return HealthVerdict(passed, max_norm, limit, f"max {name} gradient norm {max_norm:.4g} {relation} {limit:g}")
-
-
-def _train_stats(model: BaseAlgorithm) -> dict[str, float]:
-    """:return: TD3CNN's ``last_train_stats`` (the latest update's norms and Q statistics); {} for other algorithms"""
-    return getattr(model, "last_train_stats", {})
 
 
 class GradientNormCallback(BaseCallback):
@@ -106,7 +103,8 @@ class GradientNormCallback(BaseCallback):
 
     Plain SB3: a step pre-hook on each optimizer measures exactly the gradients that step consumes (after any
     clipping); ``health/<net>_grad_norm`` is the mean and ``health/<net>_grad_norm_max`` the max over the updates of
-    the last ``train()`` call. TD3CNN: ``last_train_stats`` give the latest post-clip norm, the call's max, the
+    the last ``train()`` call. TD3CNN: its :class:`~sb3_carla_td3.train_stats.TrainStats` give the latest post-clip
+    norm, the call's max, the
     pre-clip norm (``health/<net>_grad_norm_pre``) and the clip fraction (``health/<net>_clip_fraction``). A norm
     above ``limit * (1 + rtol)``, or a non-finite one, is a violation: ``health/<net>_grad_clip_violation`` = 1 and a
     warning. ``<net>`` is ``actor`` or ``critic``.
@@ -149,7 +147,7 @@ class GradientNormCallback(BaseCallback):
         for role in ROLES:
             if self.limits[role] is None:
                 self.limits[role] = getattr(self.model, f"{role}_grad_clip", None)
-        self._uses_stats = hasattr(self.model, "last_train_stats")
+        self._uses_stats = measures_itself(self.model)
         self._optimizers = {} if self._uses_stats else find_optimizers(self.model)
         missing = [role for role in ROLES if not self._uses_stats and role not in self._optimizers]
         if missing:
@@ -157,7 +155,8 @@ class GradientNormCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         if self._uses_stats:
-            self._stats_updates = _train_stats(self.model).get("n_updates")
+            stats = latest_train_stats(self.model)
+            self._stats_updates = None if stats is None else stats.n_updates
         else:
             self._recorder = StepNormRecorder(self._optimizers)
 
@@ -165,15 +164,20 @@ class GradientNormCallback(BaseCallback):
         """New norms per network since the last read; with TD3CNN also logs its pre-clip norm and clip fraction."""
         if self._recorder is not None:
             return {role: self._recorder.pop(role) for role in self._optimizers}
-        stats = _train_stats(self.model) if self._uses_stats else {}
-        if stats.get("n_updates") == self._stats_updates:
+        stats = latest_train_stats(self.model) if self._uses_stats else None
+        if stats is None or stats.n_updates == self._stats_updates:
             return {}
-        self._stats_updates = stats.get("n_updates")
-        for key in (f"{role}_{name}" for role in ROLES for name in ("grad_norm_pre", "clip_fraction")):
-            if key in stats:
-                self.logger.record(f"health/{key}", stats[key])
-        keys = {role: (f"{role}_grad_norm_post", f"{role}_grad_norm_post_max") for role in ROLES}
-        return {role: [stats[key] for key in pair] for role, pair in keys.items() if pair[0] in stats}
+        self._stats_updates = stats.n_updates
+        norms: dict[str, list[float]] = {}
+        for role in ROLES:
+            for name in ("grad_norm_pre", "clip_fraction"):
+                value = stats.side(role, name)
+                if value is not None:
+                    self.logger.record(f"health/{role}_{name}", value)
+            post, post_max = stats.side(role, "grad_norm_post"), stats.side(role, "grad_norm_post_max")
+            if post is not None and post_max is not None:
+                norms[role] = [post, post_max]
+        return norms
 
     def _check(self, role: str, norms: list[float]) -> bool:
         """Log one network's new norms; return True when they violate its limit."""

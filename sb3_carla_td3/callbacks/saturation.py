@@ -11,71 +11,73 @@ import os
 
 import torch as th
 
+from sb3_carla_td3.callbacks.actor_check import ActorCheckCallback
 from sb3_carla_td3.callbacks.utils import is_count, is_number, require
 from sb3_carla_td3.callbacks.verdicts import HealthVerdict, keep_training, warn_health
-from sb3_carla_td3.q_scoring import ActorCheckCallback
+from sb3_carla_td3.train_stats import SATURATED, saturation_share
 
-#: |action| above this counts as saturated (actions live in [-1, 1]).
-SATURATED = 0.99
+__all__ = ["SATURATED", "ActionSaturationCallback", "saturation_fraction"]
 
 
 def saturation_fraction(actions: th.Tensor) -> float:
-    """Share of action entries with ``|a| > SATURATED``.
+    """:func:`~sb3_carla_td3.train_stats.saturation_share` as a float: the share of entries with ``|a| > SATURATED``.
 
     :param actions: a batch of actions scaled to [-1, 1]
     :return: a fraction in [0, 1]
     """
-    return float((actions.abs() > SATURATED).float().mean())
+    return float(saturation_share(actions))
 
 
 class ActionSaturationCallback(ActorCheckCallback):
     """Flag an actor whose deterministic actions stay pinned at the bounds of [-1, 1].
 
-    TD3CNN: reads ``last_train_stats["actor_saturation"]`` after every train() call with an actor update. Other
-    algorithms with an actor: scores its deterministic action (TD3/DDPG's output, SAC/TQC/CrossQ's mean action) on
-    ``n_samples`` replay observations every ``check_freq`` steps, restoring every RNG it draws from. Algorithms
-    without an actor are reported N/A. Logs ``health/actor_saturation``; saturated for ``patience``
-    consecutive checks sets ``health/actor_saturated`` = 1 and warns.
+    Reads ``actor_saturation`` of a :class:`~sb3_carla_td3.train_stats.TrainStats`: TD3CNN's after each actor update,
+    or, for another algorithm with an actor, a score of its deterministic action (TD3/DDPG's output, SAC/TQC's mean
+    action) on ``n_samples`` replay observations every ``check_freq`` env steps, restoring every RNG it draws from.
+    Algorithms without an actor are reported N/A. Logs ``health/actor_saturation``; a share above ``max_fraction`` at
+    every check for ``patience_steps`` env steps (see :class:`~sb3_carla_td3.callbacks.measurement.Persistence`) sets
+    ``health/actor_saturated`` = 1 and warns.
 
     :param max_fraction: share of saturated action entries above which a check counts as saturated, in (0, 1]
-    :param patience: consecutive saturated checks before the alarm, >= 1
-    :param check_freq: env steps between checks for algorithms without ``last_train_stats``, >= 1
+    :param patience_steps: env steps the actor must stay saturated before the alarm, >= 0 (100: 50 TD3CNN actor
+        updates at ``policy_delay`` 2)
+    :param check_freq: env steps between replay checks (algorithms without their own statistics), >= 1
     :param n_samples: replay observations scored per such check, >= 1
     :param stop_on_saturation: stop training (after a checkpoint) on the alarm
     :param checkpoint_path: where to save the model before such a stop; None saves nothing
+    :param warmup_steps: env steps after ``learning_starts`` before the first check, >= 0
     :param verbose: verbosity level; reports go through the logger and warnings
     """
 
     def __init__(
         self,
         max_fraction: float = 0.9,
-        patience: int = 50,
-        check_freq: int = 1000,
+        patience_steps: int = 100,
+        check_freq: int = 50,
         n_samples: int = 256,
         stop_on_saturation: bool = False,
         checkpoint_path: str | os.PathLike[str] | None = None,
+        warmup_steps: int = 0,
         verbose: int = 0,
     ) -> None:
         require(is_number(max_fraction, 0) and 0 < max_fraction <= 1, "max_fraction", max_fraction, "a float in (0, 1]")
-        for name, value in (("patience", patience), ("check_freq", check_freq), ("n_samples", n_samples)):
-            require(is_count(value), name, value, "an int >= 1")
-        super().__init__(check_freq, n_samples, verbose=verbose)
-        self.max_fraction, self.patience = float(max_fraction), patience
+        require(is_count(n_samples), "n_samples", n_samples, "an int >= 1")
+        super().__init__(patience_steps, warmup_steps, check_freq, n_samples, verbose=verbose)
+        self.max_fraction = float(max_fraction)
         self.stop_on_saturation, self.checkpoint_path = stop_on_saturation, checkpoint_path
         self.latest: float | None = None
         self.peak: float | None = None
-        self.streak = 0
         self.saturated_at_step: int | None = None
         self.fraction_at_alarm: float | None = None
 
     def _on_step(self) -> bool:
-        fraction = self._actor_value("actor_saturation", saturation_fraction)
-        if fraction is None:
+        stats = self._measure()
+        if stats is None or stats.actor_saturation is None:
             return True
+        fraction = stats.actor_saturation
         self.latest, self.peak = fraction, fraction if self.peak is None else max(self.peak, fraction)
-        self.streak = self.streak + 1 if fraction > self.max_fraction else 0
+        alarm = self._persists(fraction > self.max_fraction)
         self.logger.record("health/actor_saturation", fraction)
-        alarm = self.streak >= self.patience
         self.logger.record("health/actor_saturated", float(alarm))
         if not alarm:
             return True
@@ -83,20 +85,24 @@ class ActionSaturationCallback(ActorCheckCallback):
             self.saturated_at_step, self.fraction_at_alarm = self.num_timesteps, fraction
             warn_health(
                 f"actor saturated at timestep {self.num_timesteps}: {fraction:.0%} of action entries at |a| > {SATURATED} "
-                f"for {self.streak} consecutive checks; its tanh gradient is ~0, so the actor has stopped learning"
+                f"at every check for {self.persistence.held(self.num_timesteps)} env steps "
+                f"({self.persistence.failing_checks} checks); its tanh gradient is ~0, so the actor has stopped learning"
             )
         return keep_training(self.model, self.stop_on_saturation, self.checkpoint_path)
 
     def verdict(self) -> HealthVerdict:
-        """Whether the actor never stayed saturated for ``patience`` checks.
+        """Whether the actor never stayed saturated for ``patience_steps`` env steps.
 
-        :return: value = the saturated share at the alarm (else the latest), threshold = ``max_fraction``
+        :return: value = the saturated share at the alarm (else the latest), threshold = ``max_fraction``; N/A (with
+            the reason) without an actor or before any check
         """
         if self.latest is None:
-            return HealthVerdict(None, None, self.max_fraction, self.not_applicable or "no actor update checked yet")
+            start = f"checks start {self.warmup_steps} env steps after learning_starts"
+            reason = self.not_applicable or f"no actor check ran ({start})"
+            return HealthVerdict(None, None, self.max_fraction, reason)
         if self.saturated_at_step is not None:
             detail = (
-                f"saturated from timestep {self.saturated_at_step} ({self.patience} consecutive checks); "
+                f"saturated from timestep {self.saturated_at_step} (at every check for {self.patience_steps} env steps); "
                 f"latest share {self.latest:.2f}"
             )
             return HealthVerdict(False, self.fraction_at_alarm, self.max_fraction, detail)

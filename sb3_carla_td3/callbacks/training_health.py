@@ -38,7 +38,7 @@ class TrainingHealthCallback(CallbackList):
     :param saturation: the actor-saturation check; None: ``ActionSaturationCallback()``
     :param variation: the blind-actor check; None: ``ActorVariationCallback()``
     :param check_freq: env steps between the Q-value, saturation and blind-actor checks that this callback builds itself (those
-        left None above); None: their defaults (1,000)
+        left None above); None: their defaults (50)
     """
 
     def __init__(

@@ -203,18 +203,23 @@ class RunSettings:
 
 @dataclass
 class MonitorConfig:
-    """The ``monitor:`` section: the training-health callbacks' settings (sb3_carla_td3.callbacks, same defaults)."""
+    """The ``monitor:`` section: the training-health callbacks' settings (sb3_carla_td3.callbacks, same defaults).
+
+    Patience and warm-ups are in env steps, for every algorithm (sb3_carla_td3.callbacks.measurement); episode windows
+    count episodes.
+    """
 
     q_bound_margin: float = 1.5
     """Q diverges above margin * max|r| / (1 - gamma) + q_atol."""
     q_atol: float = 1.0
     """Absolute slack of the Q bound, so tiny or zero rewards give no false alarm."""
     q_growth_factor: float | None = 10.0
-    """Q diverges when it grows more than this factor within 5 checks (above the bound's scale); null: off."""
-    q_check_freq: int = 1000
-    """Env steps between Q checks for algorithms without last_train_stats (TD3CNN is checked every train call)."""
+    """Q diverges when it grows more than this factor within 5 env steps (above the bound's scale); null: off."""
+    q_check_freq: int = 50
+    """Env steps between replay-scored Q and actor checks for algorithms that do not measure themselves (TD3CNN's own
+    statistics are read after every update)."""
     q_samples: int = 256
-    """Replay samples scored per Q check (algorithms without last_train_stats)."""
+    """Replay samples scored per such check."""
     stop_on_divergence: bool = False
     """Stop training (after a checkpoint) when Q diverges."""
     stop_on_clip_violation: bool = False
@@ -237,14 +242,14 @@ class MonitorConfig:
     """Degrading: last-third mean below first-third mean by more than this many return std."""
     saturation_max_fraction: float = 0.9
     """Actor saturation: share of action entries at |a| > 0.99 above which a check counts as saturated..."""
-    saturation_patience: int = 50
-    """...for this many consecutive checks (TD3CNN: actor updates)."""
+    saturation_patience_steps: int = 100
+    """...at every check for this many env steps (100: 50 TD3CNN actor updates at policy_delay 2)."""
     stop_on_saturation: bool = False
     """Stop training (after a checkpoint) when the actor stays saturated."""
     variation_min_std: float = 0.01
     """Blind actor: its actions' spread over a replay batch (largest per-dimension std) below this counts as blind..."""
-    variation_patience: int = 100
-    """...for this many consecutive checks (TD3CNN: actor updates)..."""
+    variation_patience_steps: int = 200
+    """...at every check for this many env steps (200: 100 TD3CNN actor updates at policy_delay 2)..."""
     variation_warmup_steps: int = 5000
     """...checked from this many env steps after learning_starts (a fresh actor is nearly blind)."""
     stop_on_blind: bool = False
@@ -263,9 +268,9 @@ class MonitorConfig:
         _check(self.reward_tolerance >= 0, "reward_tolerance", self.reward_tolerance, ">= 0")
         fraction = self.saturation_max_fraction
         _check(0 < fraction <= 1, "saturation_max_fraction", fraction, "(0, 1]")
-        _check(self.saturation_patience >= 1, "saturation_patience", self.saturation_patience, ">= 1")
+        for name in ("saturation_patience_steps", "variation_patience_steps"):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0 (env steps)")
         _check(self.variation_min_std > 0, "variation_min_std", self.variation_min_std, "> 0")
-        _check(self.variation_patience >= 1, "variation_patience", self.variation_patience, ">= 1")
         _check(self.variation_warmup_steps >= 0, "variation_warmup_steps", self.variation_warmup_steps, ">= 0")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_carla_td3.train_stats import TrainStats, latest_train_stats
 
 if TYPE_CHECKING:
     import optuna
@@ -15,12 +17,12 @@ if TYPE_CHECKING:
 
 
 def health_failure(
-    health: TrainingHealthCallback, stats: Mapping[str, float], checks: Sequence[str], max_nonfinite_skips: int = 0
+    health: TrainingHealthCallback, stats: TrainStats | None, checks: Sequence[str], max_nonfinite_skips: int = 0
 ) -> tuple[str, int, str] | None:
     """The first health failure among ``checks``, if any.
 
     :param health: the run's health callback
-    :param stats: the model's ``last_train_stats`` (for the non-finite skips)
+    :param stats: the model's latest statistics (for the non-finite skips); None: none measured
     :param checks: names from :data:`HEALTH_CHECKS`
     :param max_nonfinite_skips: non-finite updates tolerated
     :return: (check, timestep, reason) or None
@@ -34,7 +36,7 @@ def health_failure(
     }
     for check in checks:
         if check == "nonfinite_updates":
-            skips = int(stats.get("nonfinite_skips", 0))
+            skips = (stats.nonfinite_skips or 0) if stats is not None else 0
             if skips > max_nonfinite_skips:
                 reason = f"{skips} non-finite updates skipped (tolerated: {max_nonfinite_skips})"
                 return check, health.num_timesteps, reason
@@ -90,7 +92,7 @@ class HealthPruningCallback(BaseCallback):
         if self.pruned is not None:
             return False
         if self._health is not None and self.checks:
-            stats = getattr(self.model, "last_train_stats", {}) or {}
+            stats = latest_train_stats(self.model)
             failure = health_failure(self._health, stats, self.checks, self.max_nonfinite_skips)
             if failure is not None:
                 self.pruned = ("health", *failure)

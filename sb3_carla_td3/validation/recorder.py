@@ -8,11 +8,14 @@ from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sb3_carla_td3.train_stats import latest_train_stats
+
 
 class MetricsRecorder(BaseCallback):
-    """Record ``model.last_train_stats`` after every ``train()`` call and every finished episode (Monitor infos).
+    """Record the algorithm's :class:`~sb3_carla_td3.train_stats.TrainStats` after every ``train()`` call (its
+    measured fields, :meth:`~sb3_carla_td3.train_stats.TrainStats.record`) and every finished episode (Monitor infos).
 
-    Works with any SB3 algorithm; without ``last_train_stats`` only episodes are recorded.
+    Works with any SB3 algorithm; one that does not measure itself (not TD3CNN) has only its episodes recorded.
 
     :param history: earlier records to continue (when resuming a run)
     :param verbose: 0 silent
@@ -26,10 +29,10 @@ class MetricsRecorder(BaseCallback):
         self._last_n_updates = self.updates[-1].get("n_updates") if self.updates else None
 
     def _on_step(self) -> bool:
-        stats: dict[str, float] = getattr(self.model, "last_train_stats", {})
-        if stats and stats.get("n_updates") != self._last_n_updates:
-            self._last_n_updates = stats.get("n_updates")
-            self.updates.append({"timestep": float(self.num_timesteps), **stats})
+        stats = latest_train_stats(self.model)
+        if stats is not None and stats.n_updates != self._last_n_updates:
+            self._last_n_updates = stats.n_updates
+            self.updates.append({"timestep": float(self.num_timesteps), **stats.record()})
         for info in self.locals.get("infos", []):
             episode = info.get("episode")
             if episode is not None:

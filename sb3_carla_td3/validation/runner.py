@@ -30,6 +30,7 @@ from sb3_carla_td3.config import RunConfig, load_config
 from sb3_carla_td3.envs import make_env
 from sb3_carla_td3.errors import ConfigError
 from sb3_carla_td3.td3_cnn import TD3CNN
+from sb3_carla_td3.train_stats import TrainStats, latest_train_stats
 from sb3_carla_td3.validation.checkpoints import (
     AtomicCheckpointCallback,
     latest_checkpoint,
@@ -123,14 +124,14 @@ def health_callback(config: RunConfig, checkpoint_dir: Path | None = None) -> Tr
         rewards=RewardTrendCallback(window=monitor.reward_window, tolerance=monitor.reward_tolerance),
         saturation=ActionSaturationCallback(
             max_fraction=monitor.saturation_max_fraction,
-            patience=monitor.saturation_patience,
+            patience_steps=monitor.saturation_patience_steps,
             check_freq=monitor.q_check_freq,
             stop_on_saturation=monitor.stop_on_saturation,
             checkpoint_path=stop_path,
         ),
         variation=ActorVariationCallback(
             min_std=monitor.variation_min_std,
-            patience=monitor.variation_patience,
+            patience_steps=monitor.variation_patience_steps,
             warmup_steps=monitor.variation_warmup_steps,
             check_freq=monitor.q_check_freq,
             stop_on_blind=monitor.stop_on_blind,
@@ -278,34 +279,38 @@ def summarize(result: RunResult, last_episodes: int = 10) -> dict[str, Any]:
     :param last_episodes: episodes averaged for the final return
     :return: name -> value (None where nothing was measured)
     """
-    episodes, updates = result.recorder.episodes, result.recorder.updates
+    episodes = result.recorder.episodes
+    updates = [TrainStats.from_record(update) for update in result.recorder.updates]
     tail = [e["return"] for e in episodes[-last_episodes:]]
 
-    def mean_of(key: str) -> float | None:
-        values = [u[key] for u in updates if key in u]
+    def measured(field: Callable[[TrainStats], float | None]) -> list[float]:
+        return [value for update in updates if (value := field(update)) is not None]
+
+    def mean_of(field: Callable[[TrainStats], float | None]) -> float | None:
+        values = measured(field)
         return sum(values) / len(values) if values else None
 
-    def max_of(key: str) -> float | None:
-        values = [u[key] for u in updates if key in u]
+    def max_of(field: Callable[[TrainStats], float | None]) -> float | None:
+        values = measured(field)
         return max(values) if values else None
 
-    stats = result.model.last_train_stats
+    stats = latest_train_stats(result.model) or TrainStats()
     reasons = Counter(e["reason"] for e in episodes if "reason" in e)
     return {
         "episode_ends": dict(reasons.most_common()),
         "status": result.status,
         "timesteps": result.model.num_timesteps,
         "session_timesteps": result.model.num_timesteps - (result.resumed_from or 0),  # what `seconds` covers
-        "updates": int(stats.get("n_updates", 0)),
+        "updates": stats.n_updates,
         "episodes": len(episodes),
         "final_return": sum(tail) / len(tail) if tail else None,
         "seconds": result.seconds,
-        "seconds_per_update": mean_of("seconds_per_update"),
-        "actor_grad_norm_post_max": max_of("actor_grad_norm_post_max"),
-        "critic_grad_norm_post_max": max_of("critic_grad_norm_post_max"),
-        "actor_clip_fraction": mean_of("actor_clip_fraction"),
-        "critic_clip_fraction": mean_of("critic_clip_fraction"),
-        "critic_grad_norm_pre_mean": mean_of("critic_grad_norm_pre"),
-        "q_max": max_of("q_max"),
-        "nonfinite_skips": int(stats.get("nonfinite_skips", 0)),
+        "seconds_per_update": mean_of(lambda u: u.seconds_per_update),
+        "actor_grad_norm_post_max": max_of(lambda u: u.actor_grad_norm_post_max),
+        "critic_grad_norm_post_max": max_of(lambda u: u.critic_grad_norm_post_max),
+        "actor_clip_fraction": mean_of(lambda u: u.actor_clip_fraction),
+        "critic_clip_fraction": mean_of(lambda u: u.critic_clip_fraction),
+        "critic_grad_norm_pre_mean": mean_of(lambda u: u.critic_grad_norm_pre),
+        "q_max": max_of(lambda u: u.q_max),
+        "nonfinite_skips": stats.nonfinite_skips or 0,
     }
