@@ -14,8 +14,14 @@ from torch import nn
 
 from sb3_carla_td3.errors import ConfigError
 
-#: Fujimoto et al. 2018 (https://arxiv.org/abs/1802.09477), Table 3, with this library's clip limits.
+#: Reference sets; a tuple lists every value the source gives (the paper's start steps depend on the task).
 REFERENCES: dict[str, dict[str, Any]] = {
+    # Only what the TD3 paper states: Fujimoto, van Hoof, Meger, "Addressing Function Approximation Error in
+    # Actor-Critic Methods", ICML 2018 (https://arxiv.org/abs/1802.09477). Section 5 and Table 3 (appendix): Adam at
+    # 1e-3 for actor and critic, no regularization, batch 100 (mini-batches of N = 100), one update per env step,
+    # tau 0.005, gamma 0.99, policy delay d = 2, target smoothing N(0, 0.2) clipped to (-0.5, 0.5), exploration
+    # N(0, 0.1), a 1e6 replay buffer, and purely random actions for the first 10,000 steps on HalfCheetah and Ant
+    # (1,000 elsewhere). The paper clips no gradients, so it gives no clip limits to compare with.
     "td3_paper": {
         "actor_lr": 1e-3,
         "critic_lr": 1e-3,
@@ -27,8 +33,9 @@ REFERENCES: dict[str, dict[str, Any]] = {
         "policy_delay": 2,
         "exploration_noise": 0.1,
         "buffer_size": 1_000_000,
-        "actor_grad_clip": 1.0,
-        "critic_grad_clip": 10.0,
+        "learning_starts": (1_000, 10_000),
+        "train_freq": "1 step",
+        "gradient_steps": 1,
         "weight_decay": 0.0,
     },
     # Stable-Baselines3's TD3 constructor defaults (2.9): what a user of SB3 expects when passing nothing; TD3CNN's
@@ -84,6 +91,8 @@ class Report:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " or ".join(_fmt(option) for option in value)
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):
@@ -178,6 +187,8 @@ def effective_hyperparameters(model: Any) -> dict[str, Any]:
 
 
 def _same(value: Any, reference: Any) -> bool:
+    if isinstance(reference, tuple):
+        return any(_same(value, option) for option in reference)
     if isinstance(value, (int, float)) and isinstance(reference, (int, float)) and not isinstance(value, bool):
         return abs(value - reference) <= 1e-12 * max(1.0, abs(reference))
     return value == reference
@@ -186,7 +197,10 @@ def _same(value: Any, reference: Any) -> bool:
 def hyperparameter_report(model: Any, reference: str = "td3_paper", strict: bool = False) -> Report:
     """Compare the model's effective hyperparameters with a reference set.
 
-    :param model: a TD3-family model
+    Works on any SB3 off-policy actor-critic (TD3CNN, TD3, DDPG, SAC, TQC): a setting the algorithm does not have
+    (SAC's policy delay, say) reads None with status "-", not DIFFERS.
+
+    :param model: an SB3 off-policy actor-critic model
     :param reference: a key of ``REFERENCES``
     :param strict: raise instead of reporting when a value deviates from the reference
     :return: rows (name, effective value, reference value, status "ok" / "DIFFERS" / "-")
@@ -197,7 +211,9 @@ def hyperparameter_report(model: Any, reference: str = "td3_paper", strict: bool
     expected = REFERENCES[reference]
     rows = []
     for name, value in effective_hyperparameters(model).items():
-        if name in expected:
+        if name in expected and value is None and expected[name] is not None:
+            rows.append((name, value, expected[name], "-"))  # the algorithm has no such setting
+        elif name in expected:
             rows.append((name, value, expected[name], "ok" if _same(value, expected[name]) else "DIFFERS"))
         else:
             rows.append((name, value, "-", "-"))
