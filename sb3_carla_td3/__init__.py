@@ -1,8 +1,6 @@
 """sb3_carla_td3: TD3 from camera images for Stable-Baselines3, with verified clipping and health monitoring."""
 
-import sys
-
-from sb3_carla_td3.callbacks import saturation
+from sb3_carla_td3 import _aliases  # noqa: F401  # old import paths of moved modules (sb3_carla_td3/_aliases.py)
 from sb3_carla_td3.config import RunConfig, load_config
 from sb3_carla_td3.errors import (
     CarlaConnectionError,
@@ -16,10 +14,6 @@ from sb3_carla_td3.policies import CnnPolicy, MultiInputPolicy
 from sb3_carla_td3.reports import hyperparameter_report, parameter_report
 from sb3_carla_td3.td3_cnn import TD3CNN
 from sb3_carla_td3.version import __version__
-
-#: Modules that moved into a subpackage keep their old import path as an alias of the same module object (so that a
-#: monkeypatch on either path reaches both), as ``sb3_carla_td3.envs`` does for the CARLA modules it moved.
-sys.modules[f"{__name__}.saturation"] = saturation  # now sb3_carla_td3.callbacks.saturation
 
 __all__ = [
     "TD3CNN",

@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 SLACK_DIVISOR = 64
 
 
-def _check_image_space(space: spaces.Space, frames: int, what: str) -> tuple[int, int, int]:
+def _frame_stack_shape(space: spaces.Space, frames: int, what: str) -> tuple[int, int, int]:
     """Check that ``space`` is a channel-first uint8 frame stack whose channel count is a multiple of ``frames``.
 
     :param space: the (sub)space holding the stacked image
@@ -294,7 +294,7 @@ class FrameStackReplayBuffer(_FrameStackBuffer, ReplayBuffer):
         frames: int = 4,
         image_key: str = "image",
     ) -> None:
-        image_shape = _check_image_space(observation_space, frames, "observation_space")
+        image_shape = _frame_stack_shape(observation_space, frames, "observation_space")
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
         self._setup(action_space, optimize_memory_usage, handle_timeout_termination, frames, image_shape, {})
 
@@ -365,7 +365,7 @@ class DictFrameStackReplayBuffer(_FrameStackBuffer, DictReplayBuffer):
     ) -> None:
         if not isinstance(observation_space, spaces.Dict) or image_key not in observation_space.spaces:
             raise ValueError(f"observation_space must be a Dict with the image key {image_key!r}, got {observation_space!r}")
-        image_shape = _check_image_space(observation_space[image_key], frames, f"observation_space[{image_key!r}]")
+        image_shape = _frame_stack_shape(observation_space[image_key], frames, f"observation_space[{image_key!r}]")
         vector_specs = {}
         for key, sub in observation_space.spaces.items():
             if key == image_key:

@@ -167,7 +167,7 @@ def _split_space(observation_space: spaces.Space, image_key: str) -> tuple[space
     return observation_space.spaces[image_key], vectors
 
 
-def _check_image_space(space: spaces.Space, frames: int, cnn: str, normalized_image: bool) -> tuple[int, int, int]:
+def _encoder_input_shape(space: spaces.Space, frames: int, cnn: str, normalized_image: bool) -> tuple[int, int, int]:
     """Raise ValueError, one check per property, unless ``space`` is a channel-first stack of ``frames`` images.
 
     :return: the image's (channels, height, width)
@@ -273,7 +273,7 @@ class CnnGruExtractor(BaseFeaturesExtractor):
         if trunk is not None and (isinstance(trunk, bool) or not isinstance(trunk, int) or trunk < 1):
             raise ValueError(f"trunk must be a positive int (the trunk's features) or None, got {trunk!r}")
         image_space, vector_spaces = _split_space(observation_space, image_key)
-        channels, height, width = _check_image_space(image_space, frames, cnn, normalized_image)
+        channels, height, width = _encoder_input_shape(image_space, frames, cnn, normalized_image)
         if vector_mlp is not None and not vector_spaces:
             raise ValueError(
                 f"vector_mlp={vector_mlp!r} needs a Dict observation space with vector keys besides {image_key!r}, "

@@ -17,7 +17,6 @@ from sb3_carla_td3.callbacks.verdicts import (
     TrainingHealthWarning,
     format_verdicts,
     keep_training,
-    save_checkpoint,
     warn_health,
 )
 from sb3_carla_td3.q_scoring import (
@@ -50,7 +49,6 @@ __all__ = [
     "preserved_rng",
     "require",
     "reward_trend",
-    "save_checkpoint",
     "score_critic",
     "stats_q_sample",
     "warn_health",

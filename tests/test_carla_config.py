@@ -153,11 +153,12 @@ def test_the_carla_modules_old_import_paths_still_work():
     import importlib
 
     from sb3_carla_td3 import envs
+    from sb3_carla_td3._aliases import ALIASES
 
-    assert len(envs._MOVED) == 13
-    for old, new in envs._MOVED.items():
-        moved = importlib.import_module(f"sb3_carla_td3.envs.carla.{new}")
-        assert importlib.import_module(f"sb3_carla_td3.envs.{old}") is moved
+    moved = {old: home for old, home in ALIASES.items() if old.startswith("sb3_carla_td3.envs.")}
+    assert len(moved) == 13
+    for old, home in moved.items():
+        assert importlib.import_module(old) is importlib.import_module(home)
     from sb3_carla_td3.envs.carla_env import CarlaEnv
 
     assert CarlaEnv is envs.CarlaEnv and CarlaEnv.__module__ == "sb3_carla_td3.envs.carla.env"

@@ -20,6 +20,7 @@ import pytest
 import torch as th
 
 import sb3_carla_td3
+from sb3_carla_td3._aliases import ALIASES
 
 PACKAGE_DIR = Path(sb3_carla_td3.__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
@@ -225,7 +226,6 @@ def test_monkeypatch_on_the_old_saturation_path_reaches_the_new_one(monkeypatch)
         ("TrainingHealthWarning", "sb3_carla_td3.callbacks.verdicts"),
         ("format_verdicts", "sb3_carla_td3.callbacks.verdicts"),
         ("keep_training", "sb3_carla_td3.callbacks.verdicts"),
-        ("save_checkpoint", "sb3_carla_td3.callbacks.verdicts"),
         ("warn_health", "sb3_carla_td3.callbacks.verdicts"),
         ("require", "sb3_carla_td3.callbacks.utils"),
         ("is_number", "sb3_carla_td3.callbacks.utils"),
@@ -243,3 +243,33 @@ def test_health_still_exports_what_moved_out(name, home):
     import sb3_carla_td3.health
 
     assert getattr(sb3_carla_td3.health, name) is getattr(importlib.import_module(home), name)
+
+
+@pytest.mark.parametrize("old", sorted(ALIASES))
+def test_every_alias_is_the_same_module_object(old):
+    """Each old import path (kept in one place, sb3_carla_td3/_aliases.py) is the moved module itself, not a copy."""
+    assert importlib.import_module(old) is importlib.import_module(ALIASES[old])
+    assert sys.modules[old] is sys.modules[ALIASES[old]]
+
+
+def test_aliases_are_made_in_one_place_only():
+    sources = {name: path.read_text(encoding="utf-8") for name, path in package_modules().items()}
+    assert [name for name, text in sources.items() if "sys.modules[" in text] == ["sb3_carla_td3._aliases"]
+
+
+def test_no_two_functions_share_a_name_with_different_meanings():
+    """save_checkpoint (a run's checkpoint directory) and the image-space checks of buffers and extractors each have one
+    name; the health checks' single-file save is save_before_stop."""
+    definitions: dict[str, list[str]] = {}
+    for name, path in package_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.col_offset == 0:  # module-level functions
+                definitions.setdefault(node.name, []).append(name)
+    watched = ("save_checkpoint", "save_before_stop", "_frame_stack_shape", "_encoder_input_shape", "_check_image_space")
+    assert {name: definitions.get(name, []) for name in watched} == {
+        "save_checkpoint": ["sb3_carla_td3.validation.checkpoints"],
+        "save_before_stop": ["sb3_carla_td3.callbacks.verdicts"],
+        "_frame_stack_shape": ["sb3_carla_td3.buffers"],
+        "_encoder_input_shape": ["sb3_carla_td3.extractors"],
+        "_check_image_space": [],
+    }

@@ -56,8 +56,9 @@ def warn_health(message: str) -> None:
     warnings.warn(message, TrainingHealthWarning, stacklevel=2)
 
 
-def save_checkpoint(model: BaseAlgorithm, path: str | os.PathLike[str]) -> Path:
-    """Save ``model`` before training is stopped, creating the parent folder.
+def save_before_stop(model: BaseAlgorithm, path: str | os.PathLike[str]) -> Path:
+    """Save ``model`` as one file before a health check stops training, creating the parent folder (a run's atomic
+    checkpoint directories are :func:`sb3_carla_td3.validation.checkpoints.save_checkpoint`'s).
 
     :param model: the algorithm to save
     :param path: target file; SB3 appends ``.zip`` when it has no suffix
@@ -78,5 +79,5 @@ def keep_training(model: BaseAlgorithm, stop: bool, checkpoint_path: str | os.Pa
     :return: ``not stop``
     """
     if stop and checkpoint_path is not None:
-        save_checkpoint(model, checkpoint_path)
+        save_before_stop(model, checkpoint_path)
     return not stop

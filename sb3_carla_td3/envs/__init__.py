@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import sys
 from typing import Any
 
 import gymnasium as gym
@@ -32,27 +30,6 @@ from sb3_carla_td3.envs.wrappers import (
 )
 
 ENV_NAMES = ("carracing", "carla")
-
-#: The CARLA modules lived beside the CarRacing env before they moved into ``envs/carla/``; their old import paths
-#: (``sb3_carla_td3.envs.carla_config``, ``...envs.routes``, ...) stay valid as aliases of the same module objects.
-_MOVED = {
-    "carla_actors": "actors",
-    "carla_api": "api",
-    "carla_config": "config",
-    "carla_connection": "connection",
-    "carla_env": "env",
-    "carla_episode": "episode",
-    "carla_fake": "fake",
-    "carla_fake_objects": "fake_objects",
-    "carla_sensors": "sensors",
-    "carla_server": "server",
-    "carla_vec_env": "vec_env",
-    "rewards": "rewards",
-    "routes": "routes",
-}
-for _old, _new in _MOVED.items():
-    sys.modules[f"{__name__}.{_old}"] = importlib.import_module(f"{__name__}.carla.{_new}")
-
 
 def make_env(name: str, config: Any = None, render_mode: str | None = None, **overrides: Any) -> gym.Env:
     """Build one of the library's driving environments.
