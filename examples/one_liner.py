@@ -6,8 +6,9 @@ Trains ``TD3CNN("MultiInputPolicy", CarRacingEnv(<the camera + vector env>), see
 TD3CNN setting is the constructor's default; only the env settings come from ``configs/carracing_camera_vector.yaml``
 (40 px grayscale, 2 frames, the 7-float vector, soft brake, stuck and off-track endings). Evaluates the
 deterministic policy every 5,000 steps on 10 fresh tracks in CarRacing-v3's own 1,000-frame episodes (as
-docs/results.md does) into ``<out>/eval/evaluations.json``, checkpoints (model and replay buffer) at the
-same steps (the newest only), and resumes from it when run again; Ctrl-C or SIGTERM saves a checkpoint first.
+docs/results.md does) into ``<out>/eval/evaluations.json`` (the best evaluation's model into
+``<out>/best_model.zip``), checkpoints (model and replay buffer) at the same steps (the newest only), and resumes
+from it when run again; Ctrl-C or SIGTERM saves a checkpoint first.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         n_episodes=args.eval_episodes,
         frames_per_step=config.action_repeat,
         log_path=run_dir / "eval" / "evaluations.json",
+        best_model_save_path=run_dir,
         verbose=1,
     )
     started = time.perf_counter()

@@ -9,10 +9,11 @@ for training the stuck and off-track endings (:mod:`sb3_carla_td3.envs.wrappers`
 ``TD3CNN("CnnPolicy", env, seed=seed)`` with every setting at its default (``--algo sac``: SB3's SAC with a
 100,000-transition buffer). Every ``--eval-freq`` steps the deterministic policy drives ``--eval-episodes`` fresh
 tracks (seeds 10,000 + k, the same at every evaluation) in CarRacing-v3's own episodes (1,000 physics frames, no
-penalty, no early ending but CarRacing's), a line is printed and ``<out>/eval/evaluations.json`` rewritten, and a
-checkpoint (model and replay buffer) replaces the previous one in ``<out>/checkpoints`` (the newest only: a replay
-buffer takes gigabytes). Run the same command again to continue from the checkpoint up to ``--timesteps``; Ctrl-C
-or SIGTERM saves a checkpoint first. ResizeObservation needs OpenCV (``pip install opencv-python-headless``).
+penalty, no early ending but CarRacing's), a line is printed, ``<out>/eval/evaluations.json`` rewritten (the best
+evaluation's model saved as ``<out>/best_model.zip``), and a checkpoint (model and replay buffer) replaces the
+previous one in ``<out>/checkpoints`` (the newest only: a replay buffer takes gigabytes). Run the same command
+again to continue from the checkpoint up to ``--timesteps``; Ctrl-C or SIGTERM saves a checkpoint first.
+ResizeObservation needs OpenCV (``pip install opencv-python-headless``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=EVAL_SEED,
         frames_per_step=FRAMES_PER_STEP,
         log_path=run_dir / "eval" / "evaluations.json",
+        best_model_save_path=run_dir,
         verbose=1,
     )
     started = time.perf_counter()

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_carla_td3.config import RunConfig, config_from_dict
@@ -255,6 +256,38 @@ def test_evaluation_uses_the_same_fresh_tracks_every_time(tmp_path):
     first, second = callback.evaluate(), callback.evaluate()
     assert first["returns"] == second["returns"]  # same policy, same tracks: same returns
     assert first["returns"][0] != first["returns"][1]  # two different tracks
+
+
+def test_evaluation_keeps_the_best_model_and_a_resumed_run_knows_its_best(tmp_path, monkeypatch):
+    from stable_baselines3.common.logger import configure
+
+    from sb3_carla_td3.validation import evaluation as evaluation_module
+    from sb3_carla_td3.validation.report import evaluation_row
+    from sb3_carla_td3.validation.runner import build_model, evaluation_callback, make_vec_env
+
+    means = iter([10.0, 30.0, 20.0, 40.0])
+    monkeypatch.setattr(evaluation_module, "run_episodes", lambda *args: ([next(means)], [250], []))
+    config = tiny_config(env={"image_obs": False, "vector_obs": True}, run={"eval_freq": 10, "eval_episodes": 1})
+    model = build_model(config, make_vec_env(config, 0))
+    model.set_logger(configure(None, []))
+    callback = evaluation_callback(config, tmp_path)
+    callback.init_callback(model)
+    best_file = tmp_path / "best_model.zip"
+    saved = []
+    for timestep in (10, 20, 30, 40):
+        model.num_timesteps = callback.num_timesteps = timestep
+        with th.no_grad():  # a different policy at every evaluation, so that each save is told apart
+            next(model.policy.actor.parameters()).add_(1.0)
+        callback.evaluate()
+        saved.append(best_file.read_bytes())
+    assert callback.best_mean_return == 40.0
+    assert [bool(r.get("best")) for r in callback.results] == [True, True, False, True]
+    assert saved[2] == saved[1] and saved[3] != saved[2]  # 20 < 30: the file kept the 30 model
+    assert "best 40 at timestep 40 (best_model.zip)" in evaluation_row(callback.results).detail
+
+    assert evaluation_callback(config, tmp_path).best_mean_return == 40.0  # resumed: read back from the log
+    best_file.unlink()
+    assert evaluation_callback(config, tmp_path).best_mean_return == float("-inf")  # nothing saved to beat
 
 
 def test_vector_only_env_trains_an_mlp_policy(tmp_path):

@@ -22,6 +22,7 @@ from sb3_carla_td3.envs.carracing import CarRacingConfig
 from sb3_carla_td3.validation.leaderboard import DrivingEpisode, LeaderboardTracker, aggregate_scores, tensorboard_values
 
 __all__ = [
+    "BEST_MODEL_FILE",
     "CARRACING_EPISODE_FRAMES",
     "DrivingEvalCallback",
     "evaluation_options",
@@ -34,6 +35,8 @@ __all__ = [
 CARRACING_EPISODE_FRAMES = 1000
 #: Evaluation tracks are seeded from here on (training seeds its env with run.seed, a small number).
 EVAL_SEED_OFFSET = 1_000_000
+#: The best evaluation's model, in the run directory (SB3's ``EvalCallback`` name).
+BEST_MODEL_FILE = "best_model.zip"
 
 
 def evaluation_options(options: Any) -> Any:
@@ -94,7 +97,10 @@ class DrivingEvalCallback(BaseCallback):
     Logs ``eval/mean_return``, ``eval/std_return``, ``eval/mean_length`` and ``eval/physics_frames``, and for a CARLA
     env ``eval/route_completion``, ``eval/infraction_penalty``, ``eval/driving_score`` and
     ``eval/infractions_per_km/<kind>`` (the CARLA Leaderboard's metrics); keeps every
-    evaluation in :attr:`results` and, with ``log_path``, in a JSON file that a resumed run extends.
+    evaluation in :attr:`results` and, with ``log_path``, in a JSON file that a resumed run extends. With
+    ``best_model_save_path`` it saves the model whenever its mean return beats every earlier evaluation of the run
+    (SB3's ``EvalCallback`` convention: ``<path>/best_model.zip``; logged as ``eval/best_mean_return``): the policy a
+    user keeps need not be the last one, whose evaluations swing by hundreds of points between checkpoints.
 
     :param make_env: builds the evaluation env (one gymnasium env; built on first use and kept)
     :param eval_freq: env steps between evaluations (callback calls, one per env step with one env)
@@ -102,6 +108,7 @@ class DrivingEvalCallback(BaseCallback):
     :param seed: seed of the first evaluation track
     :param frames_per_step: physics frames per env step, for the x axis of the learning curve
     :param log_path: JSON file of all evaluations (None: kept in memory only)
+    :param best_model_save_path: folder of ``best_model.zip`` (None: not saved)
     :param verbose: 1 prints each evaluation
     """
 
@@ -113,6 +120,7 @@ class DrivingEvalCallback(BaseCallback):
         seed: int = EVAL_SEED_OFFSET,
         frames_per_step: int = 1,
         log_path: str | Path | None = None,
+        best_model_save_path: str | Path | None = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -122,6 +130,11 @@ class DrivingEvalCallback(BaseCallback):
         self.seed, self.frames_per_step = seed, frames_per_step
         self.log_path = None if log_path is None else Path(log_path)
         self.results: list[dict[str, Any]] = [] if self.log_path is None else read_evaluations(self.log_path)
+        self.best_model_path = None if best_model_save_path is None else Path(best_model_save_path) / BEST_MODEL_FILE
+        #: the best mean return saved so far (a resumed run's earlier best counts once its file is there)
+        self.best_mean_return = -np.inf
+        if self.best_model_path is not None and self.best_model_path.is_file():
+            self.best_mean_return = max((r["mean_return"] for r in self.results if r.get("best")), default=-np.inf)
         self._env: gym.Env | None = None
 
     def _on_step(self) -> bool:
@@ -152,9 +165,15 @@ class DrivingEvalCallback(BaseCallback):
             result["leaderboard"] = aggregate_scores(driving)
             for key, value in tensorboard_values(result["leaderboard"]).items():
                 self.logger.record(key, value)
+        if self.best_model_path is not None and result["mean_return"] > self.best_mean_return:
+            self.best_mean_return, result["best"] = result["mean_return"], True
+            self.best_model_path.parent.mkdir(parents=True, exist_ok=True)
+            self.model.save(self.best_model_path)
         self.results = [r for r in self.results if r["timestep"] < self.num_timesteps] + [result]
         for key in ("mean_return", "std_return", "physics_frames"):
             self.logger.record(f"eval/{key}", result[key])
+        if self.best_model_path is not None:
+            self.logger.record("eval/best_mean_return", self.best_mean_return)
         self.logger.record("eval/mean_length", float(np.mean(lengths)))
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

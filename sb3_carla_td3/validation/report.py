@@ -167,18 +167,22 @@ def evaluation_row(evaluations: list[dict[str, Any]]) -> Row | None:
     """The deterministic evaluation return, first evaluation -> last, as a report row.
 
     :param evaluations: the run's evaluations, oldest first (``DrivingEvalCallback`` results)
-    :return: the row (PASS when the last is above the first; N/A with one evaluation), or None without evaluations
+    :return: the row (PASS when the last is above the first; N/A with one evaluation), or None without evaluations;
+        its note names the best evaluation (and ``best_model.zip`` when the run saved it)
     """
     if not evaluations:
         return None
     first, last = evaluations[0], evaluations[-1]
+    best = max(evaluations, key=lambda e: e["mean_return"])
+    saved = " (best_model.zip)" if any(e.get("best") for e in evaluations) else ""
     return Row(
         "Evaluation return (deterministic)",
         "increasing",
         f"{fmt(first['mean_return'])} -> {fmt(last['mean_return'])}",
         last["mean_return"] > first["mean_return"] if len(evaluations) > 1 else None,
         "",
-        f"{len(evaluations)} evaluations, at timesteps {first['timestep']}..{last['timestep']}",
+        f"{len(evaluations)} evaluations, at timesteps {first['timestep']}..{last['timestep']}; last "
+        f"{fmt(last['mean_return'])}, best {fmt(best['mean_return'])} at timestep {best['timestep']}{saved}",
     )
 
 

@@ -144,7 +144,8 @@ def evaluation_callback(config: RunConfig, run_dir: Path, verbose: int = 0) -> D
     """Deterministic evaluation every ``run.eval_freq`` steps on fresh seeded tracks (CarRacing-v3's own episodes).
 
     :param config: the run config
-    :param run_dir: the run directory; evaluations go to ``eval/evaluations.json``
+    :param run_dir: the run directory; evaluations go to ``eval/evaluations.json``, the best one's model to
+        ``best_model.zip``
     :param verbose: 1 prints each evaluation
     :return: the callback
     """
@@ -155,6 +156,7 @@ def evaluation_callback(config: RunConfig, run_dir: Path, verbose: int = 0) -> D
         n_episodes=config.run.eval_episodes,
         frames_per_step=frames_per_step(config.env.options),
         log_path=run_dir / EVALUATIONS_FILE,
+        best_model_save_path=run_dir,
         verbose=verbose,
     )
 
