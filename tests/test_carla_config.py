@@ -115,7 +115,8 @@ def test_out_of_range_value_raises_naming_field_and_value(kwargs: dict, fragment
         ({"route": {"start_xy": [1.0, 2.0]}}, "route.start_xy and route.end_xy"),
         ({"route": {"start_xy": [1.0], "end_xy": [2.0, 3.0]}}, "route.start_xy"),
         ({"route": {"n_waypoints": 0}}, "route.n_waypoints"),
-        ({"reward": {"collision_penalty": -1.0}}, "reward.collision_penalty"),
+        ({"reward": {"collision_penalty": -2e6}}, "reward.collision_penalty"),
+        ({"reward": {"comfort_weight": -0.2}}, "reward.comfort_weight"),
         ({"reward": {"target_speed_mps": 0.0}}, "reward.target_speed_mps"),
     ],
 )

@@ -457,7 +457,7 @@ def test_waypoint_file_route_sets_the_target_speed(server: FakeCarlaServer, tmp_
 
 
 def test_collision_terminates_with_the_configured_penalty(server: FakeCarlaServer) -> None:
-    env = straight_env(server, reward={"collision_penalty": 42.0})
+    env = straight_env(server, reward={"collision_penalty": -42.0})
     env.reset()
     server.inject_collision()
     _, _, terminated, truncated, info = env.step(np.array([0.0, 0.3]))
@@ -483,7 +483,7 @@ def test_leaving_the_route_terminates_off_route(server: FakeCarlaServer) -> None
     _, _, terminated, _, info = env.step(np.array([0.0, 0.0]))
     assert (terminated, info["reason"]) == (True, "off_route")
     assert info["lateral_m"] == pytest.approx(2.5, abs=0.05)
-    assert info["reward_terms"]["off_road"] == -env.config.reward.off_road_penalty
+    assert info["reward_terms"]["off_road"] == env.config.reward.off_road_penalty == -10.0
     env.close()
 
 
@@ -504,7 +504,7 @@ def test_stuck_truncates_after_stuck_seconds_of_simulated_time(server: FakeCarla
 
 
 def test_stuck_penalty_makes_stuck_a_penalised_termination(server: FakeCarlaServer) -> None:
-    env = straight_env(server, stuck_seconds=0.5, fixed_delta_seconds=0.05, reward={"stuck_penalty": 25.0})
+    env = straight_env(server, stuck_seconds=0.5, fixed_delta_seconds=0.05, reward={"stuck_penalty": -25.0})
     env.reset()
     steps = [env.step(np.array([0.0, -1.0])) for _ in range(10)]
     _, reward, terminated, truncated, info = steps[-1]

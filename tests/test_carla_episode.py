@@ -16,7 +16,7 @@ SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
 def test_stuck_is_a_termination_when_it_is_penalised() -> None:
-    config = CarlaConfig(stuck_seconds=1.0, fixed_delta_seconds=0.05, reward=RewardConfig(stuck_penalty=5.0))
+    config = CarlaConfig(stuck_seconds=1.0, fixed_delta_seconds=0.05, reward=RewardConfig(stuck_penalty=-5.0))
     assert end_reason(config, False, False, 50.0, 10, 20) == ("stuck", True)
 
 

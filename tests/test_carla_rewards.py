@@ -101,7 +101,7 @@ def test_each_weight_scales_only_its_term(weight: str, term: str, inputs: dict) 
     [("collision", "collision", "collision_penalty"), ("off_road", "off_road", "off_road_penalty")],
 )
 def test_terminal_penalties_come_from_the_config(flag: str, term: str, penalty: str) -> None:
-    config = dataclasses.replace(RewardConfig(), **{penalty: 37.5})
+    config = dataclasses.replace(RewardConfig(), **{penalty: -37.5})
     assert compute_reward_terms(_inputs(**{flag: True}), config)[term] == -37.5
     assert compute_reward_terms(_inputs(), config)[term] == 0.0
 

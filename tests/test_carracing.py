@@ -273,7 +273,6 @@ def test_from_dict_builds_config() -> None:
         ("frames", 0),
         ("grayscale", "yes"),
         ("offtrack_steps", -1),
-        ("offtrack_penalty", 5.0),
         ("stuck_speed", float("nan")),
         ("action_repeat", 0),
         ("lap_complete_percent", 0.0),
@@ -281,7 +280,6 @@ def test_from_dict_builds_config() -> None:
         ("max_brake", 0.0),
         ("pedal", "gas"),
         ("max_brake", 1.5),
-        ("stuck_penalty", 1.0),
         ("image_obs", "no"),
     ],
 )

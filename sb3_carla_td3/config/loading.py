@@ -139,7 +139,7 @@ def config_from_dict(data: Mapping[str, Any] | None, source: str = "<dict>") -> 
 
 
 def apply_overrides(data: Mapping[str, Any] | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """Set ``SECTION.KEY=VALUE`` overrides (``env.reward.stuck_penalty=5``) on parsed YAML data.
+    """Set ``SECTION.KEY=VALUE`` overrides (``env.reward.stuck_penalty=-5``) on parsed YAML data.
 
     Values are read as YAML (``1e-3``, ``null``, ``[64, 64]``, ``true``); keys are checked later, when the data is
     built into a :class:`RunConfig`, like those of the file.

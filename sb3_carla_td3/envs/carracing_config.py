@@ -12,6 +12,7 @@ from typing import Any
 
 from gymnasium.envs.box2d import car_racing
 
+from sb3_carla_td3.envs.penalties import check_penalty
 from sb3_carla_td3.envs.wrappers import PEDAL_MAPPINGS as PEDAL_MAPPINGS  # how ``pedal`` maps throttle_brake
 from sb3_carla_td3.errors import ConfigError
 
@@ -55,11 +56,14 @@ class CarRacingConfig:
     )
     max_episode_steps: int = field(default=1000, metadata={"help": "truncate after this many env steps, >= 1"})
     offtrack_steps: int = field(default=25, metadata={"help": "terminate after N steps with all wheels off; 0 = off"})
-    offtrack_penalty: float = field(default=-100.0, metadata={"help": "reward added on off-track termination, <= 0"})
+    offtrack_penalty: float = field(
+        default=-100.0, metadata={"help": "penalty <= 0 added to the reward on an off-track termination"}
+    )
     stuck_steps: int = field(default=100, metadata={"help": "truncate after N steps below stuck_speed; 0 = off"})
     stuck_speed: float = field(default=1.0, metadata={"help": "speed below which the car counts as stuck, m/s, >= 0"})
     stuck_penalty: float = field(
-        default=0.0, metadata={"help": "reward added on a stuck ending, <= 0; non-zero makes 'stuck' a termination"}
+        default=0.0,
+        metadata={"help": "penalty <= 0 added to the reward on a stuck ending; non-zero makes 'stuck' a termination"},
     )
     action_repeat: int = field(default=1, metadata={"help": "physics frames (1/50 s each) per env step, 1-16"})
     skip_zoom: bool = field(default=True, metadata={"help": "reset runs the 1-s zoom-in animation without rendering"})
@@ -76,6 +80,8 @@ class CarRacingConfig:
                 raise ConfigError(f"CarRacingConfig.{f.name} must be one of {', '.join(PEDAL_MAPPINGS)}, got {value!r}")
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"CarRacingConfig.{f.name} must be an integer, got {value!r}")
+            if f.name.endswith("_penalty"):  # the sign convention of both envs, with its own message
+                check_penalty(f"CarRacingConfig.{f.name}", value)
             if kind is float:
                 if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                     raise ConfigError(f"CarRacingConfig.{f.name} must be a finite number, got {value!r}")

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
+from sb3_carla_td3.envs.penalties import check_penalty
 from sb3_carla_td3.errors import ConfigError
 
 #: Hosts a server started by ``server_command`` (on this machine) is reached on.
@@ -32,6 +33,12 @@ def server_ports(port: int) -> tuple[int, ...]:
 
 #: Number of NPC vehicles of each traffic scenario (the original study's scenarios 0, 1 and 2).
 SCENARIO_NPC_VEHICLES: dict[int, int] = {0: 20, 1: 50, 2: 100}
+
+
+#: Fields of :class:`RewardConfig` that scale a shaping term, each >= 0.
+WEIGHTS = ("efficiency_weight", "lane_keeping_weight", "comfort_weight", "safety_weight", "progress_weight")
+#: Fields of :class:`RewardConfig` added to the reward at an episode's end, each <= 0.
+PENALTIES = ("collision_penalty", "off_road_penalty", "stuck_penalty")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -152,36 +159,49 @@ class RouteConfig:
 
 @dataclass
 class RewardConfig:
-    """Weights and penalties of the reward terms in :mod:`sb3_carla_td3.envs.carla.rewards` (nothing is hard-coded there)."""
+    """Weights and penalties of the reward terms in :mod:`sb3_carla_td3.envs.carla.rewards` (nothing is hard-coded there).
+
+    A weight (``*_weight``) is >= 0 and scales a term whose sign its help states; a penalty (``*_penalty``) is <= 0
+    and is added to the reward as it is (:mod:`sb3_carla_td3.envs.penalties`, the convention of both envs).
+    """
 
     _prefix: ClassVar[str] = "reward"
 
-    efficiency_weight: float = field(default=1.0, metadata=_help("weight of speed along the route vs target, per step, >= 0"))
-    lane_keeping_weight: float = field(default=0.5, metadata=_help("weight of the lateral/heading penalty, per step, >= 0"))
-    comfort_weight: float = field(default=0.2, metadata=_help("weight of the action-change penalty, per step, >= 0"))
-    safety_weight: float = field(default=1.0, metadata=_help("weight of the lane-invasion/wrong-way penalty, per step, >= 0"))
-    progress_weight: float = field(default=0.5, metadata=_help("reward per metre of arc length gained along the route, >= 0"))
-    collision_penalty: float = field(default=10.0, metadata=_help("reward subtracted on a collision (terminal), >= 0"))
-    off_road_penalty: float = field(default=10.0, metadata=_help("reward subtracted on leaving the route (terminal), >= 0"))
+    efficiency_weight: float = field(
+        default=1.0, metadata=_help("weight >= 0 of the efficiency term (speed along the route vs target, in [-1, 1])")
+    )
+    lane_keeping_weight: float = field(
+        default=0.5, metadata=_help("weight >= 0 of the lane-keeping term (lateral and heading error, in [-1, 0]: a cost)")
+    )
+    comfort_weight: float = field(
+        default=0.2, metadata=_help("weight >= 0 of the comfort term (action change, in [-1, 0]: a cost)")
+    )
+    safety_weight: float = field(
+        default=1.0, metadata=_help("weight >= 0 of the safety term (lane invasion, wrong way, in [-2, 0]: a cost)")
+    )
+    progress_weight: float = field(
+        default=0.5, metadata=_help("weight >= 0: reward per metre of arc length gained along the route (lost backwards)")
+    )
+    collision_penalty: float = field(
+        default=-10.0, metadata=_help("penalty <= 0 added to the reward on a collision (terminal)")
+    )
+    off_road_penalty: float = field(
+        default=-10.0, metadata=_help("penalty <= 0 added to the reward on leaving the route (terminal)")
+    )
     stuck_penalty: float = field(
-        default=0.0, metadata=_help("reward subtracted on a stuck ending, >= 0; non-zero makes 'stuck' a termination")
+        default=0.0, metadata=_help("penalty <= 0 added to the reward on a stuck ending; non-zero makes 'stuck' a termination")
     )
     target_speed_mps: float = field(default=8.0, metadata=_help("cruise speed for the efficiency term in m/s, (0, 50]"))
     heading_tolerance_rad: float = field(default=0.5, metadata=_help("heading error of full lane penalty in rad, (0, 3.15]"))
 
     def __post_init__(self) -> None:
         p = self._prefix
-        for name in (
-            "efficiency_weight",
-            "lane_keeping_weight",
-            "comfort_weight",
-            "safety_weight",
-            "progress_weight",
-            "collision_penalty",
-            "off_road_penalty",
-            "stuck_penalty",
-        ):
+        for name in WEIGHTS:
             setattr(self, name, _check_float(f"{p}.{name}", getattr(self, name), 0.0, 1e6))
+        for name in PENALTIES:
+            # The sign first: a value written for the old convention (a positive cost) gets a message saying so.
+            value = check_penalty(f"{p}.{name}", getattr(self, name))
+            setattr(self, name, _check_float(f"{p}.{name}", value, -1e6, 0.0))
         self.target_speed_mps = _check_float(f"{p}.target_speed_mps", self.target_speed_mps, 0.0, 50.0, low_open=True)
         self.heading_tolerance_rad = _check_float(
             f"{p}.heading_tolerance_rad", self.heading_tolerance_rad, 0.0, 3.15, low_open=True

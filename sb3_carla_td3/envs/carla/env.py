@@ -103,7 +103,8 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
     The sum of the weighted terms of :func:`~sb3_carla_td3.envs.carla.rewards.compute_reward_terms`, each reported in
     ``info["reward_terms"]``: efficiency (speed along the route vs target, [-1, 1]), lane keeping ([-1, 0]),
     comfort (action change, [-1, 0]), safety (lane invasion, wrong way, [-2, 0]), progress (metres of route arc
-    length gained), collision (``-collision_penalty``) and off-road (``-off_road_penalty``). Example with the
+    length gained), collision (``collision_penalty``) and off-road (``off_road_penalty``); every weight is >= 0 and
+    every penalty <= 0, added as it is. Example with the
     defaults: driving on the centre line at the 8 m/s target for one 0.05 s step gains 0.4 m, so the reward is
     1.0 (efficiency) + 0.5 * 0.4 (progress) = 1.2.
 
@@ -119,7 +120,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
     ``"off_route"`` (|lateral deviation| > ``max_lateral_deviation_m``), ``"route_completed"`` (less than
     ``route_end_tolerance_m`` of route left). Truncated: ``"max_steps"`` (``max_episode_steps`` steps),
     ``"stuck"`` (speed < ``stuck_speed_mps`` for ``stuck_seconds`` of simulated time; a termination instead, with
-    ``reward.stuck_penalty`` subtracted, when that penalty is non-zero), ``"carla_error"``
+    ``reward.stuck_penalty`` (<= 0) added, when that penalty is non-zero), ``"carla_error"``
     (tick or sensor time-out while the server still answers; ``info["carla_error"]`` holds the message, the actors
     are destroyed and the next :meth:`reset` reconnects) and ``"server_lost"`` (the server died or hangs: the same,
     but :meth:`reset` reconnects with backoff, ``reconnect_attempts`` tries ``reconnect_delay_s`` apart, doubling
@@ -139,6 +140,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
 
     ## Version History
     - v0: first release (CARLA 0.9.16, synchronous mode, frame-matched sensors, A* routes on the map topology).
+      Penalties (``reward.*_penalty``) are <= 0 and added, as CarRacing's; a positive one raises ``ConfigError``.
 
     :param config: everything the env reads; None uses ``CarlaConfig()`` (localhost:2000, Town01).
     :param render_mode: None, or ``"rgb_array"`` for :meth:`render` to return the latest camera image.

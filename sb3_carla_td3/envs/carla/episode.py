@@ -219,5 +219,5 @@ def end_reason(
     if steps >= config.max_episode_steps:
         return "max_steps", False
     if stuck_steps >= stuck_steps_limit(config):
-        return "stuck", config.reward.stuck_penalty > 0
+        return "stuck", config.reward.stuck_penalty != 0.0
     return None, False

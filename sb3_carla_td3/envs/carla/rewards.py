@@ -1,7 +1,8 @@
 """Reward terms of the CARLA env as pure functions of plain numbers (no ``carla`` import, no state).
 
 Each shaping function returns an unweighted value in a fixed range; :func:`compute_reward_terms` multiplies
-them by the weights and penalties of a :class:`~sb3_carla_td3.envs.carla.config.RewardConfig`, so nothing is
+them by the weights (>= 0) of a :class:`~sb3_carla_td3.envs.carla.config.RewardConfig` and adds its penalties
+(<= 0, the convention of :mod:`sb3_carla_td3.envs.penalties`) on the steps they apply to, so nothing is
 hard-coded here. The env's reward is the sum of the weighted terms, and ``info["reward_terms"]`` holds them.
 
 Progress pays per metre of arc length gained along the route (negative when driving backwards), never per
@@ -137,8 +138,9 @@ def compute_reward_terms(inputs: RewardInputs, config: RewardConfig) -> dict[str
         "comfort": config.comfort_weight * comfort(inputs.steer_change, inputs.throttle_brake_change),
         "safety": config.safety_weight * safety(inputs.lane_invasion, inputs.heading_error_rad),
         "progress": config.progress_weight * progress(inputs.progress_m),
-        "collision": -config.collision_penalty if inputs.collision else 0.0,
-        "off_road": -config.off_road_penalty if inputs.off_road else 0.0,
-        "stuck": -config.stuck_penalty if inputs.stuck else 0.0,
+        # Penalties are <= 0 and added as they are (sb3_carla_td3.envs.penalties).
+        "collision": config.collision_penalty if inputs.collision else 0.0,
+        "off_road": config.off_road_penalty if inputs.off_road else 0.0,
+        "stuck": config.stuck_penalty if inputs.stuck else 0.0,
     }
     return {name: float(value) for name, value in terms.items()}
