@@ -244,11 +244,13 @@ def test_no_false_alarm_on_healthy_td3_pendulum() -> None:
     assert health_warnings(record) == []
     assert model.num_timesteps == 300
     verdicts = health.verdict()
-    # N/A, never PASS, where the check cannot fail: SB3's TD3 has no clip limits; 6 episodes < the trend's 30.
+    # N/A, never PASS, where the check cannot fail: SB3's TD3 has no clip limits; 6 episodes < the trend's 30; an
+    # MLP has no conv layer to go dead.
     not_passed = {name: v.detail for name, v in verdicts.items() if v.passed is not True}
-    assert list(not_passed) == ["actor_grad_clip", "critic_grad_clip", "reward_trend"]
+    assert list(not_passed) == ["actor_grad_clip", "critic_grad_clip", "reward_trend", "dormant_units"]
     assert all(verdicts[name].passed is None for name in not_passed)
     assert "no clip limit" in not_passed["actor_grad_clip"] and "fewer than 30 episodes" in not_passed["reward_trend"]
+    assert "no conv layer" in not_passed["dormant_units"]
 
 
 def test_verdict_without_training_reports_missing_data() -> None:
@@ -263,6 +265,7 @@ def test_verdict_without_training_reports_missing_data() -> None:
         "episode_length",
         "actor_saturation",
         "actor_variation",
+        "dormant_units",
     ]
     assert all(v.passed is None and v.value is None for v in verdicts.values())
     assert "N/A" in health.summary()

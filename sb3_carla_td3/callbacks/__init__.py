@@ -14,6 +14,7 @@ bundled by :mod:`~sb3_carla_td3.callbacks.training_health`. What they share: the
 """
 
 from sb3_carla_td3.callbacks.actor_variation import ActorVariationCallback
+from sb3_carla_td3.callbacks.dormant import DormantUnitCallback
 from sb3_carla_td3.callbacks.episode_collapse import EpisodeCollapseCallback
 from sb3_carla_td3.callbacks.gradient_norm import GradientNormCallback
 from sb3_carla_td3.callbacks.q_value import QValueCallback
@@ -25,6 +26,7 @@ from sb3_carla_td3.callbacks.verdicts import HealthVerdict as HealthVerdict  # w
 __all__ = [
     "ActionSaturationCallback",
     "ActorVariationCallback",
+    "DormantUnitCallback",
     "EpisodeCollapseCallback",
     "GradientNormCallback",
     "QValueCallback",

@@ -7,6 +7,7 @@ from typing import Any
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from sb3_carla_td3.callbacks.actor_variation import ActorVariationCallback
+from sb3_carla_td3.callbacks.dormant import DormantUnitCallback
 from sb3_carla_td3.callbacks.episode_collapse import EpisodeCollapseCallback
 from sb3_carla_td3.callbacks.gradient_norm import GradientNormCallback
 from sb3_carla_td3.callbacks.q_value import QValueCallback
@@ -28,8 +29,8 @@ class TrainingHealthCallback(CallbackList):
     """All health checks in one callback for ``model.learn(callback=...)``, with a final :meth:`verdict`.
 
     Runs a :class:`GradientNormCallback`, a :class:`QValueCallback`, an :class:`EpisodeCollapseCallback`, a
-    :class:`RewardTrendCallback`, an :class:`ActionSaturationCallback` and an :class:`ActorVariationCallback`, and stops
-    training when one of them does (only those built with a stop option).
+    :class:`RewardTrendCallback`, an :class:`ActionSaturationCallback`, an :class:`ActorVariationCallback` and a
+    :class:`DormantUnitCallback`, and stops training when one of them does (only those built with a stop option).
 
     :param gradients: the gradient-norm check; None: ``GradientNormCallback()``
     :param q_values: the Q-value check; None: ``QValueCallback()``
@@ -37,6 +38,7 @@ class TrainingHealthCallback(CallbackList):
     :param rewards: the return-trend check; None: ``RewardTrendCallback()``
     :param saturation: the actor-saturation check; None: ``ActionSaturationCallback()``
     :param variation: the blind-actor check; None: ``ActorVariationCallback()``
+    :param dormant: the dead-encoder check (dormant units); None: ``DormantUnitCallback()``
     :param check_freq: env steps between the Q-value, saturation and blind-actor checks that this callback builds itself (those
         left None above); None: their defaults (50)
     """
@@ -50,6 +52,7 @@ class TrainingHealthCallback(CallbackList):
         saturation: ActionSaturationCallback | None = None,
         check_freq: int | None = None,
         variation: ActorVariationCallback | None = None,
+        dormant: DormantUnitCallback | None = None,
     ) -> None:
         self.gradients = GradientNormCallback() if gradients is None else gradients
         every = QValueCallback().check_freq if check_freq is None else check_freq
@@ -58,7 +61,9 @@ class TrainingHealthCallback(CallbackList):
         self.rewards = RewardTrendCallback() if rewards is None else rewards
         self.saturation = ActionSaturationCallback(check_freq=every) if saturation is None else saturation
         self.variation = ActorVariationCallback(check_freq=every) if variation is None else variation
-        super().__init__([self.gradients, self.q_values, self.episodes, self.rewards, self.saturation, self.variation])
+        self.dormant = DormantUnitCallback() if dormant is None else dormant
+        checks = [self.gradients, self.q_values, self.episodes, self.rewards, self.saturation, self.variation, self.dormant]
+        super().__init__(checks)
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """What the checks have measured so far (alarms, peaks, baselines, windows), for a checkpoint.
@@ -86,13 +91,14 @@ class TrainingHealthCallback(CallbackList):
             "rewards": self.rewards,
             "saturation": self.saturation,
             "variation": self.variation,
+            "dormant": self.dormant,
         }
 
     def verdict(self) -> dict[str, HealthVerdict]:
         """Judge every criterion on what was measured so far.
 
         :return: verdicts keyed ``"actor_grad_clip"``, ``"critic_grad_clip"``, ``"q_bound"``, ``"reward_trend"``,
-            ``"episode_length"``, ``"actor_saturation"``, ``"actor_variation"``
+            ``"episode_length"``, ``"actor_saturation"``, ``"actor_variation"``, ``"dormant_units"``
         """
         return self.gradients.verdicts() | {
             "q_bound": self.q_values.verdict(),
@@ -100,6 +106,7 @@ class TrainingHealthCallback(CallbackList):
             "episode_length": self.episodes.verdict(),
             "actor_saturation": self.saturation.verdict(),
             "actor_variation": self.variation.verdict(),
+            "dormant_units": self.dormant.verdict(),
         }
 
     def summary(self) -> str:

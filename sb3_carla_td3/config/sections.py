@@ -254,6 +254,16 @@ class MonitorConfig:
     """...checked from this many env steps after learning_starts (a fresh actor is nearly blind)."""
     stop_on_blind: bool = False
     """Stop training (after a checkpoint) when the actor stays blind."""
+    dormant_check_freq: int = 1000
+    """Dormant units (Sokar et al. 2023): env steps between measurements of every layer on a replay batch..."""
+    dormant_tau: float = 0.0
+    """...a unit is dormant when its mean |activation| is at most this share of its layer's mean (0: never fires)..."""
+    dormant_max_first_conv: float = 0.95
+    """...and the first conv layer counts as dead at this share of dormant channels or more..."""
+    dormant_patience_steps: int = 2000
+    """...at every measurement for this many env steps."""
+    stop_on_dead_encoder: bool = False
+    """Stop training (after a checkpoint) when the first conv layer stays dead."""
 
     def __post_init__(self) -> None:
         _check(self.q_bound_margin >= 1, "q_bound_margin", self.q_bound_margin, ">= 1")
@@ -272,6 +282,11 @@ class MonitorConfig:
             _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0 (env steps)")
         _check(self.variation_min_std > 0, "variation_min_std", self.variation_min_std, "> 0")
         _check(self.variation_warmup_steps >= 0, "variation_warmup_steps", self.variation_warmup_steps, ">= 0")
+        _check(self.dormant_check_freq >= 1, "dormant_check_freq", self.dormant_check_freq, ">= 1")
+        _check(self.dormant_tau >= 0, "dormant_tau", self.dormant_tau, ">= 0")
+        share = self.dormant_max_first_conv
+        _check(0 < share <= 1, "dormant_max_first_conv", share, "(0, 1]")
+        _check(self.dormant_patience_steps >= 0, "dormant_patience_steps", self.dormant_patience_steps, ">= 0 (env steps)")
 
 
 @dataclass

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 #: The health criteria that prune a trial (keys of ``TrainingHealthCallback.verdict()``, grad_clip for both nets,
 #: plus non-finite updates skipped by TD3CNN).
-HEALTH_CHECKS = ("q_bound", "actor_saturation", "actor_variation", "episode_length", "grad_clip", "nonfinite_updates")
+HEALTH_CHECKS = (
+    "q_bound", "actor_saturation", "actor_variation", "dormant_units", "episode_length", "grad_clip", "nonfinite_updates"
+)  # fmt: skip
 #: Config sections a search-space parameter may set.
 PARAM_SECTIONS = ("td3", "encoder", "env", "monitor")
 #: ``run`` keys the ``budget`` section may set on every trial.

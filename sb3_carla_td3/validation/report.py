@@ -124,8 +124,8 @@ def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, cr
     :param actor_clip: the actor clip limit (None: clipping off)
     :param critic_clip: the critic clip limit (None: clipping off)
     :return: the seed's five rows (actor norm, critic norm, Q-values, episode rewards, episode length), actor
-        saturation (the failure the original system ended in) and a blind actor (one that acts alike on every
-        observation)
+        saturation (the failure the original system ended in), a blind actor (one that acts alike on every
+        observation) and a dead first conv layer (dormant units)
     """
 
     def row(key: str, metric: str, expected: str, previous: str) -> Row:
@@ -158,6 +158,12 @@ def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, cr
             "actor_variation",
             "Actor action spread over observations (std)",
             f">= {fmt(verdicts['actor_variation'].threshold)} after the warm-up",
+            "not measured",
+        ),
+        row(
+            "dormant_units",
+            "First conv layer: dormant channels (share)",
+            f"below {fmt(verdicts['dormant_units'].threshold)} (a dead encoder)",
             "not measured",
         ),
     ]

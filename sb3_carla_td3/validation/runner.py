@@ -20,6 +20,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from sb3_carla_td3.callbacks import (
     ActionSaturationCallback,
     ActorVariationCallback,
+    DormantUnitCallback,
     EpisodeCollapseCallback,
     GradientNormCallback,
     QValueCallback,
@@ -135,6 +136,14 @@ def health_callback(config: RunConfig, checkpoint_dir: Path | None = None) -> Tr
             warmup_steps=monitor.variation_warmup_steps,
             check_freq=monitor.q_check_freq,
             stop_on_blind=monitor.stop_on_blind,
+            checkpoint_path=stop_path,
+        ),
+        dormant=DormantUnitCallback(
+            check_freq=monitor.dormant_check_freq,
+            tau=monitor.dormant_tau,
+            max_first_conv=monitor.dormant_max_first_conv,
+            patience_steps=monitor.dormant_patience_steps,
+            stop_on_dead=monitor.stop_on_dead_encoder,
             checkpoint_path=stop_path,
         ),
     )
