@@ -8,6 +8,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.envs import FakeImageEnv
 
+from sb3_carla_td3.envs.carla.sharing import REGISTRY
 from sb3_carla_td3.td3_cnn import TD3CNN
 
 th.set_num_threads(1)
@@ -48,3 +49,10 @@ def filled_model() -> TD3CNN:
     model = make_model(learning_starts=1000)
     model.learn(40)
     return model
+
+
+@pytest.fixture(autouse=True)
+def fresh_carla_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with no live CarlaEnv connection in this process: the fake servers of all tests answer on
+    localhost:2000, so an env a test left open would otherwise share (and hold the settings of) the next test's."""
+    monkeypatch.setattr(REGISTRY, "_servers", {})

@@ -3,8 +3,10 @@
 Every actor the env creates is spawned through ``client.apply_batch_sync`` and its id recorded in one
 :class:`ActorLifecycle`; :meth:`ActorLifecycle.destroy_all` stops the sensors and destroys every recorded id
 in one batch. The env calls it on reset, on close and on any exception, so no actor outlives its episode.
-Actors carry a ``role_name`` starting with :data:`ROLE_PREFIX`; :func:`sweep_stale_actors` destroys those
-found on connect (left by a crashed process). This module gets ``carla`` passed in and never imports it.
+Actors carry a ``role_name`` starting with :data:`ROLE_PREFIX`, followed by the owner tag of the env connection
+that spawned them (:mod:`sb3_carla_td3.envs.carla.sharing`); :func:`sweep_stale_actors` destroys those found on
+connect (left by a crashed process) except the actors of another live env of this process on the same server.
+This module gets ``carla`` passed in and never imports it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from sb3_carla_td3.envs.carla.sharing import REGISTRY, owner_of, role_with_owner
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +81,13 @@ class ActorLifecycle:
     :param client: a connected ``carla.Client``.
     :param world: its ``carla.World``.
     :param tm_port: Traffic Manager port NPCs are handed to.
+    :param owner: the owner tag written after the role in every actor's ``role_name`` (None: no tag, so any
+        connect's sweep destroys them).
     """
 
-    def __init__(self, carla: Any, client: Any, world: Any, tm_port: int) -> None:
+    def __init__(self, carla: Any, client: Any, world: Any, tm_port: int, owner: str | None = None) -> None:
         self._carla, self._client, self._world, self._tm_port = carla, client, world, tm_port
+        self.owner = owner
         self.actor_ids: list[int] = []
         self._sensors: list[Any] = []
 
@@ -109,7 +116,7 @@ class ActorLifecycle:
         :return: the ``carla.Vehicle``.
         :raises CarlaSpawnError: if the server refuses (occupied spot, unknown blueprint).
         """
-        blueprint = _set_role(self._world.get_blueprint_library().find(blueprint_id), EGO_ROLE)
+        blueprint = _set_role(self._world.get_blueprint_library().find(blueprint_id), role_with_owner(EGO_ROLE, self.owner))
         ids, errors = self._spawn([self._carla.command.SpawnActor(blueprint, transform)])
         if not ids:
             loc = transform.location
@@ -125,7 +132,8 @@ class ActorLifecycle:
         """
         commands = []
         for blueprint_id, attributes, transform, _ in specs:
-            blueprint = _set_role(self._world.get_blueprint_library().find(blueprint_id), SENSOR_ROLE)
+            role = role_with_owner(SENSOR_ROLE, self.owner)
+            blueprint = _set_role(self._world.get_blueprint_library().find(blueprint_id), role)
             for key, value in attributes.items():
                 blueprint.set_attribute(key, value)
             commands.append(self._carla.command.SpawnActor(blueprint, transform, parent_id))
@@ -145,8 +153,9 @@ class ActorLifecycle:
         :return: how many spawned; the rest failed (occupied spots) and are logged, not raised.
         """
         command = self._carla.command
+        role = role_with_owner(NPC_ROLE, self.owner)
         commands = [
-            command.SpawnActor(_set_role(bp, NPC_ROLE), t).then(command.SetAutopilot(command.FutureActor, True, self._tm_port))
+            command.SpawnActor(_set_role(bp, role), t).then(command.SetAutopilot(command.FutureActor, True, self._tm_port))
             for bp, t in zip(blueprints, transforms, strict=True)
         ]
         ids, errors = self._spawn(commands)
@@ -181,15 +190,32 @@ class ActorLifecycle:
         return len(ordered) - len(failed)
 
 
-def sweep_stale_actors(carla: Any, client: Any, world: Any) -> int:
-    """Destroy actors whose ``role_name`` marks them as spawned by this library (left by a dead process).
+def is_stale(role_name: str, is_live: Callable[[str], bool] = REGISTRY.is_live) -> bool:
+    """Whether an actor with this ``role_name`` is a leftover that a connect must destroy.
+
+    :param role_name: the actor's ``role_name`` attribute.
+    :param is_live: whether an owner tag is a live env connection of this process (the registry's, by default).
+    :return: True for this library's actors (:data:`ROLE_PREFIX`) without an owner tag or whose owner is not live:
+        a crashed run, a dead or other process, an env that was not closed; False for anything else.
+    """
+    if not role_name.startswith(ROLE_PREFIX):
+        return False
+    owner = owner_of(role_name)
+    return owner is None or not is_live(owner)
+
+
+def sweep_stale_actors(carla: Any, client: Any, world: Any, is_live: Callable[[str], bool] = REGISTRY.is_live) -> int:
+    """Destroy actors whose ``role_name`` marks them as spawned by this library and whose owner is gone.
+
+    The actors of another live env of this process (phase 3's evaluation env next to the training env) are kept.
 
     :param carla: the ``carla`` module.
     :param client: a connected ``carla.Client``.
     :param world: its ``carla.World``.
+    :param is_live: see :func:`is_stale`.
     :return: the number of actors destroyed.
     """
-    stale = [a for a in world.get_actors() if str(a.attributes.get("role_name", "")).startswith(ROLE_PREFIX)]
+    stale = [a for a in world.get_actors() if is_stale(str(a.attributes.get("role_name", "")), is_live)]
     if not stale:
         return 0
     responses = client.apply_batch_sync([carla.command.DestroyActor(a.id) for a in stale], False)

@@ -45,6 +45,7 @@ from sb3_carla_td3.envs.carla.sensors import (
     repeat_newest_frame,
 )
 from sb3_carla_td3.envs.carla.server import CarlaServerSupervisor
+from sb3_carla_td3.envs.carla.sharing import REGISTRY, new_owner_tag, server_key
 from sb3_carla_td3.envs.wrappers import StreakCounter, pedal_control
 from sb3_carla_td3.errors import CarlaConnectionError
 
@@ -122,9 +123,11 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
     ``"stuck"`` (speed < ``stuck_speed_mps`` for ``stuck_seconds`` of simulated time; a termination instead, with
     ``reward.stuck_penalty`` (<= 0) added, when that penalty is non-zero), ``"carla_error"``
     (tick or sensor time-out while the server still answers; ``info["carla_error"]`` holds the message, the actors
-    are destroyed and the next :meth:`reset` reconnects) and ``"server_lost"`` (the server died or hangs: the same,
+    are destroyed and the next :meth:`reset` reconnects), ``"server_lost"`` (the server died or hangs: the same,
     but :meth:`reset` reconnects with backoff, ``reconnect_attempts`` tries ``reconnect_delay_s`` apart, doubling
-    up to ``reconnect_max_delay_s``, and raises ``CarlaConnectionError`` only after the last). ``info`` only holds
+    up to ``reconnect_max_delay_s``, and raises ``CarlaConnectionError`` only after the last) and ``"interrupted"``
+    (another env of this process started an episode on the same server and destroyed this one's actors, reward 0;
+    :mod:`~sb3_carla_td3.envs.carla.sharing`). ``info`` only holds
     plain Python values, so it pickles through ``SubprocVecEnv``. For the leaderboard metrics
     (:mod:`sb3_carla_td3.validation.leaderboard`) a step's info also holds ``collision_types`` (the other actor's
     ``type_id`` per collision event, ``""`` when the event names no actor), ``lane_invasions`` (events this step) and
@@ -141,6 +144,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
     ## Version History
     - v0: first release (CARLA 0.9.16, synchronous mode, frame-matched sensors, A* routes on the map topology).
       Penalties (``reward.*_penalty``) are <= 0 and added, as CarRacing's; a positive one raises ``ConfigError``.
+      Envs of one process share a server (phase 3's evaluation env): owner-tagged actors, shared settings.
 
     :param config: everything the env reads; None uses ``CarlaConfig()`` (localhost:2000, Town01).
     :param render_mode: None, or ``"rgb_array"`` for :meth:`render` to return the latest camera image.
@@ -192,6 +196,11 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._original_settings: Any = None
         #: True while the server may hold settings this env applied (synchronous mode) that close() must undo.
         self._settings_changed = False
+        #: This connection's owner tag in the process's server registry (None while disconnected); see ``sharing``.
+        self._owner: str | None = None
+        self._server_key = server_key(cfg.host, cfg.port)
+        #: Another env of this process started an episode on the server and ended ours: the next step truncates.
+        self._interrupted = False
         # Episode state.
         self._ego: Any = None
         self._location: Any = None
@@ -236,12 +245,22 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         cfg, carla = self.config, self._carla
         client = self._backend.connect(cfg.host, cfg.port, cfg.timeout_s)
         world: Any = None
+        owner = new_owner_tag()
         try:
             world = client.get_world()
             if world.get_map().name.rsplit("/", 1)[-1] != cfg.town:
                 world = client.load_world(cfg.town)
-            if self._original_settings is None:
-                self._original_settings = self._settings_to_restore(world.get_settings())
+            # Another env of this process on this server (phase 3's evaluation env) shares one record of the settings
+            # to restore: the synchronous mode this env finds then is that env's, not a crashed client's leftover.
+            self._original_settings = REGISTRY.join(
+                self._server_key,
+                owner,
+                lambda: self._original_settings or self._settings_to_restore(world.get_settings()),
+                cfg.tm_port,
+                cfg.fixed_delta_seconds,
+                self._interrupt_episode,
+            )
+            self._owner = owner
             settings = world.get_settings()
             settings.synchronous_mode = True
             settings.fixed_delta_seconds = cfg.fixed_delta_seconds
@@ -260,11 +279,35 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             self._fixed_route = fixed_route(carla, world_map, planner, cfg.route, self._route_rows)
         except BaseException as e:
             self._restore_settings(client, world)
+            self._leave_registry(owner)
             if isinstance(e, CARLA_FAILURES):
                 raise CarlaConnectionError(f"CARLA server at {cfg.host}:{cfg.port} failed while setting up: {e}") from e
             raise
         self._client, self._world, self._map, self._planner = client, world, world_map, planner
-        self._actors = ActorLifecycle(carla, client, world, cfg.tm_port)
+        self._actors = ActorLifecycle(carla, client, world, cfg.tm_port, owner=owner)
+
+    def _leave_registry(self, owner: str | None = None) -> None:
+        """Forget this env's connection in the process's server registry (its actors become sweepable)."""
+        owner = owner or self._owner
+        if owner is not None:
+            REGISTRY.leave(self._server_key, owner)
+        self._owner = None
+
+    def _interrupt_episode(self) -> None:
+        """Destroy this env's actors because another env of this process starts an episode on the same server.
+
+        Called by :meth:`ServerRegistry.claim <sb3_carla_td3.envs.carla.sharing.ServerRegistry.claim>`. A running
+        episode ends: the next :meth:`step` returns a truncation with reason ``"interrupted"``. Never raises.
+        """
+        if not self._episode_over:
+            self._interrupted = True
+        self._ego, self._episode_over = None, True
+        if self._actors is None:
+            return
+        try:
+            self._actors.destroy_all()
+        except CARLA_FAILURES as e:
+            logger.warning("could not destroy the actors of an interrupted episode (they are swept on reconnect): %s", e)
 
     def _settings_to_restore(self, found: Any) -> Any:
         """The settings to put back on close: those found on the first connect, except a leftover synchronous mode.
@@ -302,6 +345,17 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         if not self._settings_changed or self._original_settings is None:
             return True
         cfg = self.config
+        others = REGISTRY.others(self._server_key, self._owner)
+        if others:  # another env of this process still ticks the server; the last one to leave restores
+            self._settings_changed = False
+            if cfg.tm_port not in others:
+                try:
+                    (client or self._client or self._backend.connect(cfg.host, cfg.port, cfg.timeout_s)).get_trafficmanager(
+                        cfg.tm_port
+                    ).set_synchronous_mode(False)
+                except (*CARLA_FAILURES, CarlaConnectionError) as e:
+                    logger.warning("could not switch Traffic Manager %s out of synchronous mode: %s", cfg.tm_port, e)
+            return True
         if client is None:
             client, world = self._client, self._world
         attempts = ([(client, world)] if client is not None else []) + ([(None, None)] if fresh_client else [])
@@ -339,6 +393,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
                 logger.warning("could not destroy actors while disconnecting (they are swept on reconnect): %s", e)
         if answering and self._client is not None:
             self._restore_settings(fresh_client=False)
+        self._leave_registry()
         self._client = self._world = self._map = self._planner = self._actors = None
         self._ego = None
         self._episode_over = True
@@ -374,6 +429,8 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
 
     def _start_episode(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         cfg = self.config
+        if self._owner is not None:  # one episode at a time on a shared server (sb3_carla_td3.envs.carla.sharing)
+            REGISTRY.claim(self._server_key, self._owner)
         self._sensors.clear()
         route, ego, attempts = self._spawn_ego()
         callbacks = (self._sensors.on_image, self._sensors.on_collision, self._sensors.on_lane_invasion)
@@ -483,7 +540,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
             seed = self.config.seed
         super().reset(seed=seed)
         self._seeded = True
-        self._ego, self._episode_over = None, True
+        self._ego, self._episode_over, self._interrupted = None, True, False
         if self._actors is not None:
             try:
                 self._actors.destroy_all()
@@ -551,6 +608,10 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
         :raises RuntimeError: if called before :meth:`reset` or after the episode ended.
         """
         action = check_action(action, self._action_box)
+        if self._interrupted:  # another env of this process took the server over (its evaluation episodes)
+            self._interrupted = False
+            obs = repeat_newest_frame(self._last_obs or {}, self.frame_stack)
+            return obs, 0.0, False, True, {"reason": "interrupted", "reward_terms": dict.fromkeys(REWARD_TERMS, 0.0)}
         route = self._route
         if self._episode_over or route is None:
             raise RuntimeError(f"{type(self).__name__}.step() needs a running episode: call reset() first")
@@ -646,6 +707,7 @@ class CarlaEnv(gym.Env[dict[str, Any], np.ndarray]):
                 )
         finally:
             self._settings_changed = False
+            self._leave_registry()
             self._client = self._world = self._map = self._planner = self._actors = None
             self._ego, self._episode_over = None, True
             if self.server is not None:

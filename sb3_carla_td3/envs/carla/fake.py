@@ -45,6 +45,7 @@ from sb3_carla_td3.envs.carla.fake_objects import (
     FakeVehicle,
     _ServerBound,
 )
+from sb3_carla_td3.envs.carla.sharing import OWNER_SEPARATOR
 from sb3_carla_td3.errors import CarlaConnectionError
 
 #: Vehicles spawned closer than this (metres) to another vehicle fail, as on a real server.
@@ -302,12 +303,12 @@ class FakeCarlaServer:
         self._events["lane_invasion"] += 1
 
     def actors_with_role(self, role_name: str) -> list[FakeActor]:
-        """Live actors whose ``role_name`` attribute equals ``role_name``.
+        """Live actors whose ``role_name`` attribute is ``role_name``, with or without an owner tag after it.
 
         :param role_name: e.g. ``carla_actors.EGO_ROLE``.
         :return: the actors, in spawn order.
         """
-        return [a for a in self.actors.values() if a._attributes.get("role_name") == role_name]
+        return [a for a in self.actors.values() if a._attributes.get("role_name", "").split(OWNER_SEPARATOR)[0] == role_name]
 
     def move_actor(self, actor_id: int, x: float, y: float, yaw_deg: float | None = None, speed: float | None = None) -> None:
         """Teleport a live actor.
