@@ -102,13 +102,17 @@ class DrivingEvalCallback(BaseCallback):
     (SB3's ``EvalCallback`` convention: ``<path>/best_model.zip``; logged as ``eval/best_mean_return``): the policy a
     user keeps need not be the last one, whose evaluations swing by hundreds of points between checkpoints.
 
-    :param make_env: builds the evaluation env (one gymnasium env; built on first use and kept)
+    :param make_env: builds the evaluation env (one gymnasium env; built on first use and kept, unless
+        ``close_after_evaluation``)
     :param eval_freq: env steps between evaluations (callback calls, one per env step with one env)
     :param n_episodes: episodes per evaluation; episode ``i`` is seeded ``seed + i`` every time
     :param seed: seed of the first evaluation track
     :param frames_per_step: physics frames per env step, for the x axis of the learning curve
     :param log_path: JSON file of all evaluations (None: kept in memory only)
     :param best_model_save_path: folder of ``best_model.zip`` (None: not saved)
+    :param close_after_evaluation: close the evaluation env after each evaluation and build it anew for the next.
+        Needed for a CARLA env on the training env's server: kept open, its last episode's ego and NPCs would stay in
+        the world the training env drives in.
     :param verbose: 1 prints each evaluation
     """
 
@@ -121,6 +125,7 @@ class DrivingEvalCallback(BaseCallback):
         frames_per_step: int = 1,
         log_path: str | Path | None = None,
         best_model_save_path: str | Path | None = None,
+        close_after_evaluation: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -135,6 +140,7 @@ class DrivingEvalCallback(BaseCallback):
         self.best_mean_return = -np.inf
         if self.best_model_path is not None and self.best_model_path.is_file():
             self.best_mean_return = max((r["mean_return"] for r in self.results if r.get("best")), default=-np.inf)
+        self.close_after_evaluation = close_after_evaluation
         self._env: gym.Env | None = None
 
     def _on_step(self) -> bool:
@@ -150,9 +156,16 @@ class DrivingEvalCallback(BaseCallback):
         """
         if self._env is None:
             self._env = self.make_env()
-        returns, lengths, driving = run_episodes(
-            lambda observation: self.model.predict(observation, deterministic=True)[0], self._env, self.n_episodes, self.seed
-        )
+
+        def predict(observation: Any) -> Any:
+            return self.model.predict(observation, deterministic=True)[0]
+
+        try:
+            returns, lengths, driving = run_episodes(predict, self._env, self.n_episodes, self.seed)
+        finally:
+            if self.close_after_evaluation:
+                self._env.close()
+                self._env = None
         result: dict[str, Any] = {
             "timestep": self.num_timesteps,
             "physics_frames": self.num_timesteps * self.frames_per_step,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from sb3_carla_td3.callbacks import (
     TrainingHealthCallback,
 )
 from sb3_carla_td3.config import RunConfig, load_config
-from sb3_carla_td3.envs import make_env
+from sb3_carla_td3.envs import CarlaConfig, make_env
 from sb3_carla_td3.errors import ConfigError
 from sb3_carla_td3.td3_cnn import TD3CNN
 from sb3_carla_td3.train_stats import TrainStats, latest_train_stats
@@ -159,6 +160,8 @@ def evaluation_callback(config: RunConfig, run_dir: Path, verbose: int = 0) -> D
     :return: the callback
     """
     options = evaluation_options(config.env.options)
+    if isinstance(options, CarlaConfig) and options.server_command is not None:
+        options = dataclasses.replace(options, server_command=None)  # the training env started the server and restarts it
     return DrivingEvalCallback(
         lambda: make_env(config.env.name, options),
         eval_freq=config.run.eval_freq,
@@ -166,6 +169,8 @@ def evaluation_callback(config: RunConfig, run_dir: Path, verbose: int = 0) -> D
         frames_per_step=frames_per_step(config.env.options),
         log_path=run_dir / EVALUATIONS_FILE,
         best_model_save_path=run_dir,
+        # CARLA: the evaluation env shares the training env's server; its actors must not stay in training's world
+        close_after_evaluation=config.env.name == "carla",
         verbose=verbose,
     )
 
