@@ -68,8 +68,20 @@ def test_trains_evaluates_checkpoints_and_resumes_to_the_total(tmp_path: Path, c
     assert {"timestep", "physics_frames", "mean_return", "std_return", "returns"} <= set(evaluations[0])
     latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
     assert latest["timesteps"] == 300 and latest["replay_buffer"] is not None
+    assert (tmp_path / "best_model.zip").is_file() and sum(bool(e.get("best")) for e in evaluations) >= 1
     # Only the newest checkpoint is kept.
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("model_*")) == [
         "model_300_steps.zip",
         "model_300_steps_replay_buffer.pkl",
     ]
+
+
+@pytest.mark.slow
+def test_augment_shift_is_the_one_argument_off_the_defaults(tmp_path: Path) -> None:
+    from sb3_carla_td3 import TD3CNN
+
+    example = load_example()
+    assert example.main(["--timesteps", "100", "--eval-freq", "100", "--eval-episodes", "1", "--out", str(tmp_path),
+                         "--augment", "shift"]) == 0  # fmt: skip
+    model = TD3CNN.load(tmp_path / "best_model.zip")
+    assert model.augment == "shift" and model.preact_penalty == 0.1  # the rest stays at the defaults
