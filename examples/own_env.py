@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="td3")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (two 1-thread runs fit 2 cores)")
     parser.add_argument(
-        "--augment", choices=["none", "shift"], default="none",
-        help="TD3CNN's augment (DrQ's random shift, as configs/carracing_pixels.yaml); none: bar 2's one-liner",
+        "--augment", choices=["auto", "none", "shift"], default="auto",
+        help="TD3CNN's augment; auto (its default): DrQ's random shift for this image-only env; none: no augmentation",
     )  # fmt: skip
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     algorithm = ALGORITHMS[args.algo]
 
     def build() -> OffPolicyAlgorithm:
-        if args.algo == "td3" and args.augment == "shift":
-            return TD3CNN("CnnPolicy", env, seed=args.seed, augment="shift")  # one argument off the defaults
+        if args.algo == "td3" and args.augment != "auto":
+            augment = None if args.augment == "none" else args.augment
+            return TD3CNN("CnnPolicy", env, seed=args.seed, augment=augment)  # one argument off the defaults
         if args.algo == "td3":
             return TD3CNN("CnnPolicy", env, seed=args.seed)  # every TD3CNN setting at its default
         return SAC("CnnPolicy", env, seed=args.seed, buffer_size=100_000)

@@ -31,7 +31,8 @@ RNN_TYPES = ("gru", "lstm")
 #: cores, batch 96 (docs/benchmarks.md).
 ENCODER_PRESETS: dict[str, dict[str, object]] = {
     # The recipe of docs/results.md: the DQN NatureCNN on the stacked frames, DrQ-v2's 50-feature
-    # Linear -> LayerNorm -> tanh trunk and centred pixels. Every learning result of the library uses it.
+    # Linear -> LayerNorm -> tanh trunk and centred pixels (CnnPolicy leaves them uncentred beside a vector, as the
+    # camera + vector recipe). Every learning result of the library uses it.
     "nature": {"cnn": "nature", "rnn": None, "cnn_features": 512, "trunk": 50, "center_pixels": True},
     # The design card's encoder (seed Tasks 6-7): the stride-1, max-pooled CNN on every frame, then a GRU-48 over the
     # frames; about 60x the arithmetic of "nature" (hours per thousand CPU gradient steps at 84 px): meant for a GPU.

@@ -74,9 +74,11 @@ class CnnPolicy(TD3Policy):
     override single entries) and ``net_arch=[256, 256]`` (SB3 would give a custom extractor [400, 300]).
     ``share_features_extractor=True`` is refused: it lets the actor loss alone train the encoder.
 
-    :param encoder_preset: "nature" (default: stacked NatureCNN, 50-feature trunk, centred pixels; the recipe every
-        learning result uses) or "pooled_gru" (the design card's per-frame pooled CNN + GRU-48, ~60x the cost, for a
-        GPU); only read when ``features_extractor_class`` is None or :class:`CnnGruExtractor`
+    :param encoder_preset: "nature" (default: stacked NatureCNN, 50-feature trunk; the recipe every learning result
+        uses) or "pooled_gru" (the design card's per-frame pooled CNN + GRU-48, ~60x the cost, for a GPU); only read
+        when ``features_extractor_class`` is None or :class:`CnnGruExtractor`. Either centres the pixels of an image
+        observation (the pixels recipe) and leaves them in [0, 1] beside a vector (a Dict observation: the camera +
+        vector recipe); ``features_extractor_kwargs=dict(center_pixels=...)`` decides otherwise
     """
 
     def __init__(
@@ -107,7 +109,11 @@ class CnnPolicy(TD3Policy):
             features_extractor_class = CnnGruExtractor
         features_extractor_kwargs = dict(features_extractor_kwargs or {})
         if features_extractor_class is CnnGruExtractor:
-            features_extractor_kwargs = {**ENCODER_PRESETS[encoder_preset], **features_extractor_kwargs}
+            preset = dict(ENCODER_PRESETS[encoder_preset])
+            # Centred pixels for an image alone (the pixels recipe: a live first conv layer), raw [0, 1] pixels beside a
+            # vector (the camera + vector recipe, measured better so): docs/results.md, sections 5 and 6.
+            preset["center_pixels"] = not isinstance(observation_space, spaces.Dict)
+            features_extractor_kwargs = {**preset, **features_extractor_kwargs}
             if features_extractor_kwargs.get("frames") is None:
                 image_key = features_extractor_kwargs.get("image_key", "image")
                 rnn = features_extractor_kwargs.get("rnn")
@@ -129,7 +135,8 @@ class CnnPolicy(TD3Policy):
 
 
 class MultiInputPolicy(CnnPolicy):
-    """:class:`CnnPolicy` for Dict observations (image under ``"image"`` plus vector keys); same defaults."""
+    """:class:`CnnPolicy` for Dict observations (image under ``"image"`` plus vector keys); same defaults, but
+    uncentred pixels (the camera + vector recipe)."""
 
 
 def _has_image(observation_space: spaces.Space) -> bool:

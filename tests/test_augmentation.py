@@ -91,8 +91,17 @@ def test_td3cnn_shifts_the_image_of_dict_observations(monkeypatch, encoder):
 
 def test_augment_off_never_shifts(monkeypatch):
     calls = spy_on_shifts(monkeypatch)
-    make_model().learn(40)
+    make_model(augment=None).learn(40)
     assert calls == []
+
+
+def test_auto_augment_shifts_an_image_alone_and_nothing_else():
+    # The two measured recipes: pixels alone with DrQ's shift, camera + vector without it; vectors have no pixels.
+    assert make_model().augment == "shift"
+    camera_and_vector = CarRacingEnv(CarRacingConfig(image_size=36, vector_obs=True))
+    kwargs = {"net_arch": [16], "features_extractor_kwargs": dict(TINY_ENCODER)}
+    assert TD3CNN("MultiInputPolicy", camera_and_vector, buffer_size=100, policy_kwargs=kwargs).augment is None
+    assert TD3CNN("MlpPolicy", "Pendulum-v1", buffer_size=100, device="cpu").augment is None
 
 
 @pytest.mark.parametrize(

@@ -121,3 +121,31 @@ def test_memory_estimate_matches_the_allocated_arrays(kind):
     arrays += [a for d in vars(buffer).values() if isinstance(d, dict) for a in d.values() if isinstance(a, np.ndarray)]
     allocated = sum(a.nbytes for a in arrays) / buffer.buffer_size
     assert estimate == pytest.approx(allocated, rel=0.05)
+
+
+@pytest.mark.slow
+def test_the_one_liner_trains_exactly_as_the_camera_vector_recipe():
+    """TD3CNN("MultiInputPolicy", env, seed=s) with nothing else is configs/carracing_camera_vector.yaml, bit for bit:
+    the recipe's measured seeds (docs/results.md, sections 5 and 6) are the one-liner's."""
+    import copy
+    from pathlib import Path
+
+    import torch as th
+    import yaml
+
+    from sb3_carla_td3.config import config_from_dict
+    from sb3_carla_td3.envs import CarRacingConfig, CarRacingEnv
+    from sb3_carla_td3.validation.runner import build_model, make_vec_env
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "carracing_camera_vector.yaml").read_text())
+    data["run"]["seed"] = 1
+    config = config_from_dict(copy.deepcopy(data), source="carracing_camera_vector.yaml")
+    th.set_num_threads(1)
+    recipe = build_model(config, make_vec_env(config, seed=1))
+    recipe.learn(560)  # 500 random steps, then 60 gradient updates
+    env_options = {key: value for key, value in data["env"].items() if key != "name"}
+    one_liner = TD3CNN("MultiInputPolicy", CarRacingEnv(CarRacingConfig.from_dict(env_options)), seed=1)
+    one_liner.learn(560)
+    assert recipe._n_updates == one_liner._n_updates == 60
+    ours, theirs = one_liner.policy.state_dict(), recipe.policy.state_dict()
+    assert ours.keys() == theirs.keys() and all(th.equal(ours[k], theirs[k]) for k in ours)

@@ -77,11 +77,12 @@ def test_trains_evaluates_checkpoints_and_resumes_to_the_total(tmp_path: Path, c
 
 
 @pytest.mark.slow
-def test_augment_shift_is_the_one_argument_off_the_defaults(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flag", "augment"), [("auto", "shift"), ("none", None)])
+def test_augment_is_the_one_argument_off_the_defaults(tmp_path: Path, flag: str, augment: str | None) -> None:
     from sb3_carla_td3 import TD3CNN
 
     example = load_example()
     assert example.main(["--timesteps", "100", "--eval-freq", "100", "--eval-episodes", "1", "--out", str(tmp_path),
-                         "--augment", "shift"]) == 0  # fmt: skip
+                         "--augment", flag]) == 0  # fmt: skip
     model = TD3CNN.load(tmp_path / "best_model.zip")
-    assert model.augment == "shift" and model.preact_penalty == 0.1  # the rest stays at the defaults
+    assert model.augment == augment and model.preact_penalty == 0.1  # the rest stays at the defaults

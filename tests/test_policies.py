@@ -49,6 +49,21 @@ def test_cnn_policy_defaults_to_the_recipe_encoder_shared_and_256_256_heads():
     assert model.policy.net_arch == [256, 256]
 
 
+@pytest.mark.parametrize("encoder", ["shared", "separate"])
+def test_pixels_are_centred_alone_and_raw_beside_a_vector_unless_asked(encoder):
+    # The two measured recipes: pixels alone centred (a live first conv layer), camera + vector uncentred.
+    image_only = TD3CNN("CnnPolicy", make_image_env(), buffer_size=100, encoder=encoder, device="cpu")
+    with_vector = TD3CNN("MultiInputPolicy", TinyDictEnv(), buffer_size=100, encoder=encoder, device="cpu")
+    asked = TD3CNN("MultiInputPolicy", TinyDictEnv(), buffer_size=100, encoder=encoder, device="cpu",
+                   policy_kwargs={"features_extractor_kwargs": {"center_pixels": True}})  # fmt: skip
+
+    def centred(model: TD3CNN) -> bool:
+        extractor = model.policy.encoder if encoder == "shared" else model.critic.features_extractor
+        return extractor.cnn.center_pixels
+
+    assert (centred(image_only), centred(with_vector), centred(asked)) == (True, False, True)
+
+
 def test_pooled_gru_preset_is_one_argument_and_needs_a_stated_frame_count():
     env = VecFrameStack(DummyVecEnv([lambda: make_image_env(channels=1)]), 4)
     model = TD3CNN("CnnPolicy", env, buffer_size=100, policy_kwargs={"encoder_preset": "pooled_gru"}, device="cpu")
