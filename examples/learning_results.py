@@ -91,6 +91,7 @@ SETS["camera_pooled"] = [("pooled CNN + GRU", CAMERA, POOLED, 0)]
 #: The pooled CNN + GRU recipe on 3 seeds, for a GPU (one command: ``run camera_pooled_seeds --device cuda --jobs 3``).
 SETS["camera_pooled_seeds"] = [("pooled CNN + GRU", CAMERA, POOLED, seed) for seed in (0, 1, 2)]
 SETS["camera_architecture"] = SETS["camera"] + SETS["camera_separate"] + SETS["camera_pooled"]
+SETS["camera_separate_vs_shared"] = SETS["camera"] + SETS["camera_separate"]
 #: Issue 20's bars run as examples (a Run whose "file" is a script of examples/; its overrides' pseudo-section
 #: ``example`` holds extra command-line flags): the design card's one-liner on the camera + vector env, and the
 #: recipe on gymnasium's own CarRacing-v3 through the wrappers, beside SB3's SAC on the same wrapped env.
