@@ -171,3 +171,22 @@ def test_a_dead_encoder_is_a_health_row_and_a_pruning_reason():
     assert "dormant_units" in HEALTH_CHECKS
     check, step, reason = health_failure(health, model.last_train_stats, ["dormant_units"])
     assert (check, step) == ("dormant_units", 32) and reason.startswith("dormant_units: first conv layer dead")
+
+
+def test_a_dead_camera_encoder_beside_a_vector_is_a_warning_not_an_alarm():
+    from sb3_carla_td3 import TD3CNN
+    from sb3_carla_td3.callbacks.verdicts import TrainingHealthWarning
+    from sb3_carla_td3.envs import CarRacingConfig, CarRacingEnv
+    from tests.conftest import TINY_ENCODER
+
+    env = CarRacingEnv(CarRacingConfig(image_size=36, vector_obs=True, max_episode_steps=40))
+    model = TD3CNN("MultiInputPolicy", env, buffer_size=200, learning_starts=32, batch_size=8, seed=0, device="cpu",
+                   policy_kwargs={"net_arch": [16], "features_extractor_kwargs": dict(TINY_ENCODER)})  # fmt: skip
+    _kill_first_conv(model.policy.encoder)
+    callback = DormantUnitCallback(check_freq=20, n_samples=8, patience_steps=0, stop_on_dead=True)
+    with pytest.warns(TrainingHealthWarning, match="a vector input carries the policy"):
+        _learn(model, callback, steps=80)
+    assert model.num_timesteps == 80  # no stop: not an alarm
+    verdict = callback.verdict()
+    assert verdict.passed is None and verdict.value == 1.0 and "not judged beside a vector" in verdict.detail
+    assert callback.dead_at_step == 32 and not callback.alarm

@@ -31,7 +31,7 @@ def health_failure(
         "q_bound": health.q_values.diverged_at_step,
         "actor_saturation": health.saturation.saturated_at_step,
         "actor_variation": health.variation.blind_at_step,
-        "dormant_units": health.dormant.dead_at_step,
+        "dormant_units": health.dormant.dead_at_step if health.dormant.alarm else None,
         "episode_length": health.episodes.collapsed_at_step,
         "grad_clip": health.gradients.violated_at_step,
     }
