@@ -40,7 +40,7 @@ VECTOR = "carracing_vector.yaml"
 CAMERA = "carracing_camera_vector.yaml"
 PIXELS = "carracing_pixels.yaml"
 #: A run: (label, config file, overrides applied on top of it, seed). The pseudo-section ``baseline`` of the
-#: overrides, ``{"algorithm": "TD3" | "SAC"}``, trains SB3's own algorithm instead (see :func:`train_baseline`).
+#: overrides, ``{"algorithm": "TD3" | "SAC" | "CrossQ"}``, trains that algorithm instead (see :func:`train_baseline`).
 Run = tuple[str, str, dict[str, dict[str, Any]], int]
 RECIPE = "recipe"
 #: The recipe's ingredients, each switched back to plain TD3 / the original env semantics for the ablation.
@@ -98,12 +98,30 @@ SETS["camera_separate_vs_shared"] = SETS["camera"] + SETS["camera_separate"]
 ONE_LINER, OWN_ENV = "one_liner.py", "own_env.py"
 SETS["one_liner"] = [("TD3CNN defaults", ONE_LINER, {}, seed) for seed in (0, 1, 2)]
 SETS["camera_vs_one_liner"] = SETS["camera"] + SETS["one_liner"]
-SETS["own_env"] = [("TD3CNN defaults", OWN_ENV, {}, seed) for seed in (0, 1, 2)]
+#: Seeds 1 and 2 also evaluate the Polyak-averaged actor (issue 21's churn; seed 0 ran before that option existed, and
+#: it does not change training).
+POLYAK_EVAL = {"example": {"eval-polyak-actor": True}}
+SETS["own_env"] = [("TD3CNN defaults", OWN_ENV, POLYAK_EVAL, seed) for seed in (0, 1, 2)]
 SETS["own_env"] += [("SB3 SAC", OWN_ENV, {"example": {"algo": "sac"}}, 0)]
 #: The same pipeline without DrQ's random shift (TD3CNN(..., augment=None)): the defaults before the shift became
 #: TD3CNN's default for image-only observations.
 SETS["own_env_no_shift"] = [("TD3CNN augment none", OWN_ENV, {"example": {"augment": "none"}}, seed) for seed in (0, 1, 2)]
 SETS["own_env_vs_shift"] = SETS["own_env"][:1] + SETS["own_env_no_shift"][:1]
+#: Issue 21, item 3: several gradient steps per env step (update-to-data ratio, UTD) on the vector fast loop, 80K
+#: frames with an evaluation every 5K, against bar 3's 700 within 40K frames; LayerNorm critics are what keeps a high
+#: UTD stable in RLPD (Ball et al. 2023). Beside them SB3's SAC and sb3-contrib's CrossQ at the same frames (item 5).
+FAST = {"run": {"total_timesteps": 20000, "eval_freq": 1250}}
+UTD = {
+    "UTD 1": FAST,
+    "UTD 4": {**FAST, "td3": {"gradient_steps": 4}},
+    "UTD 4 + LayerNorm critic": {**FAST, "td3": {"gradient_steps": 4}, "encoder": {"critic_layer_norm": True}},
+}
+SETS["vector_utd"] = [(label, VECTOR, o, seed) for seed in (0, 1, 2) for label, o in UTD.items()]
+SETS["vector_baselines"] = [
+    (label, VECTOR, {**FAST, "baseline": {"algorithm": algo}}, 0)
+    for label, algo in (("SB3 SAC", "SAC"), ("sb3-contrib CrossQ", "CrossQ"))
+]
+SETS["vector_utd_vs_baselines"] = SETS["vector_utd"] + SETS["vector_baselines"]
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
 SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 
@@ -166,7 +184,8 @@ def _run_example(
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     argv = ["--seed", str(seed), "--out", run_dir]
-    argv += [f"--{k}={v}" for k, v in overrides.get("example", {}).items()]
+    flags = overrides.get("example", {}).items()
+    argv += [f"--{k}" if v is True else f"--{k}={v}" for k, v in flags if v is not False]
     argv += [] if timesteps is None else ["--timesteps", str(timesteps)]
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(f"{run_dir}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -175,29 +194,42 @@ def _run_example(
     return f"{label} seed {seed}: example, last evaluation {last[0]['mean_return']:.1f}"
 
 
+#: The baselines ``train_baseline`` trains: SB3's TD3 and SAC, sb3-contrib's CrossQ (vector observations only).
+BASELINES = ("TD3", "SAC", "CrossQ")
+
+
 def train_baseline(algorithm: str, config: Any, run_dir: Path) -> str:
-    """Train SB3's own ``TD3`` or ``SAC`` with ``MultiInputPolicy`` on the config's env, evaluated like the recipe.
+    """Train SB3's own ``TD3`` or ``SAC``, or sb3-contrib's ``CrossQ``, on the config's env, evaluated like the recipe.
 
-    The policy is SB3's default: a ``CombinedExtractor`` (NatureCNN on the image, the vector flattened), one for the
-    actor and one for the critic, no clipping, no health checks. The ``td3`` section's learning rate, buffer, warm-up,
-    batch, tau and gamma apply to both; TD3 also takes its exploration and target noise and policy delay, SAC keeps
-    its automatic entropy. Writes config.yaml, eval/evaluations.json, progress.csv and a report.json whose verdict
-    is "baseline".
+    The policy is the library's default for the observation: ``MultiInputPolicy`` (a ``CombinedExtractor``: NatureCNN
+    on the image, the vector flattened, one for the actor and one for the critic) for camera + vector, ``MlpPolicy``
+    for the vector alone, with each algorithm's own network sizes; no clipping, no health checks. The ``td3``
+    section's learning rate, buffer, warm-up, batch, gamma and gradient steps apply to all; tau to TD3 and SAC
+    (CrossQ has no target network); TD3 also takes its exploration and target noise and policy delay; SAC and CrossQ
+    keep their automatic entropy, CrossQ its own policy delay (3) and BatchRenorm critic. Writes config.yaml,
+    eval/evaluations.json, progress.csv and a report.json whose verdict is "baseline".
 
-    :param algorithm: "TD3" or "SAC"
+    :param algorithm: one of :data:`BASELINES`
     :param config: the run config (a :class:`sb3_carla_td3.config.RunConfig`)
     :param run_dir: the run directory
     :return: the verdict ("baseline")
     """
+    from gymnasium import spaces
+    from sb3_contrib import CrossQ
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.noise import NormalActionNoise
 
     from sb3_carla_td3.validation.runner import evaluation_callback, make_vec_env
 
+    if algorithm not in BASELINES:
+        raise ValueError(f"baseline algorithm must be one of {BASELINES}, got {algorithm!r}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.yaml")
     env = make_vec_env(config, config.run.seed)
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
+    if algorithm == "CrossQ" and policy != "MlpPolicy":
+        raise ValueError(f"sb3-contrib's CrossQ has only an MlpPolicy; the env observes {env.observation_space}")
     td3 = config.td3
     n_actions = env.action_space.shape[0]
     common: dict[str, Any] = dict(
@@ -205,16 +237,18 @@ def train_baseline(algorithm: str, config: Any, run_dir: Path) -> str:
         buffer_size=td3.buffer_size,
         learning_starts=td3.learning_starts,
         batch_size=td3.batch_size,
-        tau=td3.tau,
         gamma=td3.gamma,
+        gradient_steps=td3.gradient_steps,
         seed=config.run.seed,
         device="cpu",
     )
+    model: Any
     if algorithm == "TD3":
         noise = NormalActionNoise(np.zeros(n_actions), np.full(n_actions, td3.exploration_noise))
-        model: Any = TD3(
-            "MultiInputPolicy",
+        model = TD3(
+            policy,
             env,
+            tau=td3.tau,
             action_noise=noise,
             policy_delay=td3.policy_delay,
             target_policy_noise=td3.target_policy_noise,
@@ -222,14 +256,15 @@ def train_baseline(algorithm: str, config: Any, run_dir: Path) -> str:
             **common,
         )
     elif algorithm == "SAC":
-        model = SAC("MultiInputPolicy", env, **common)
+        model = SAC(policy, env, tau=td3.tau, **common)
     else:
-        raise ValueError(f"baseline algorithm must be 'TD3' or 'SAC', got {algorithm!r}")
+        model = CrossQ(policy, env, **common)
     model.set_logger(configure(str(run_dir), ["csv"]))
     started = time.perf_counter()
     model.learn(config.run.total_timesteps, callback=evaluation_callback(config, run_dir))
-    summary = {"timesteps": model.num_timesteps, "seconds": time.perf_counter() - started}
-    report = {"verdict": "baseline", "data": {"summary": summary, "algorithm": f"stable_baselines3.{algorithm}"}}
+    summary = {"timesteps": model.num_timesteps, "n_updates": model._n_updates, "seconds": time.perf_counter() - started}
+    module = "sb3_contrib" if algorithm == "CrossQ" else "stable_baselines3"
+    report = {"verdict": "baseline", "data": {"summary": summary, "algorithm": f"{module}.{algorithm}"}}
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     return "baseline"
 

@@ -1,7 +1,8 @@
 """The driving recipe on your own env: gymnasium's CarRacing-v3 built by hand, the recipe's env half as wrappers.
 
     python examples/own_env.py [--timesteps 50000] [--seed 0] [--out runs/own_env/td3_s0] [--eval-freq 5000]
-                               [--eval-episodes 10] [--algo td3|sac] [--threads 1]
+                               [--eval-episodes 10] [--algo td3|sac] [--threads 1] [--augment auto|none|shift]
+                               [--eval-polyak-actor]
 
 :func:`make_env` is the whole pipeline: ``gymnasium.make("CarRacing-v3")`` (96 px RGB, ``[steer, gas, brake]``,
 CarRacing's own reward), then action repeat, grayscale, 40x40 px, a stack of 4 frames, the soft linear brake, and
@@ -88,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         "--augment", choices=["auto", "none", "shift"], default="auto",
         help="TD3CNN's augment; auto (its default): DrQ's random shift for this image-only env; none: no augmentation",
     )  # fmt: skip
+    parser.add_argument(
+        "--eval-polyak-actor", action="store_true",
+        help="also drive each evaluation's tracks with the Polyak-averaged actor (TD3's actor_target; td3 only)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.eval_polyak_actor and args.algo != "td3":
+        parser.error(f"--eval-polyak-actor needs --algo td3 (SB3's {args.algo.upper()} keeps no Polyak-averaged actor)")
     th.set_num_threads(args.threads)
     run_dir = args.out if args.out is not None else Path("runs") / "own_env" / f"{args.algo}_s{args.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         frames_per_step=FRAMES_PER_STEP,
         log_path=run_dir / "eval" / "evaluations.json",
         best_model_save_path=run_dir,
+        polyak_actor=args.eval_polyak_actor,
         verbose=1,
     )
     started = time.perf_counter()

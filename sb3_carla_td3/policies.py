@@ -7,14 +7,18 @@ observation with the critic's own encoder, so the actor loss never feeds actor-e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
+from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.preprocessing import get_action_dim, preprocess_obs
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, create_mlp
 from stable_baselines3.td3.policies import TD3Policy
+from torch import nn
 
 from sb3_carla_td3.extractors import ENCODER_PRESETS, CnnGruExtractor
 
@@ -65,7 +69,48 @@ def default_frames(observation_space: spaces.Space, rnn: str | None, image_key: 
     )
 
 
-class CnnPolicy(TD3Policy):
+class LayerNormCritic(ContinuousCritic):
+    """SB3's ``ContinuousCritic`` whose hidden layers are ``Linear -> LayerNorm -> activation``.
+
+    LayerNorm in the critic is what keeps several gradient steps per env step stable (Ball et al. 2023, RLPD;
+    Nauman et al. 2024, "Overestimation, Overfitting, and Plasticity in Actor-Critic"): it bounds the features the
+    Q-head extrapolates from. Same arguments as :class:`~stable_baselines3.common.policies.ContinuousCritic`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        action_dim = get_action_dim(self.action_space)
+        net_arch, activation_fn = kwargs["net_arch"], kwargs.get("activation_fn", nn.ReLU)
+        features_dim = kwargs["features_dim"]
+        for idx in range(len(self.q_networks)):
+            layers = create_mlp(features_dim + action_dim, 1, net_arch, activation_fn, post_linear_modules=[nn.LayerNorm])
+            q_net = nn.Sequential(*layers)
+            self.add_module(f"qf{idx}", q_net)  # replaces SB3's plain network under the same name
+            self.q_networks[idx] = q_net
+
+
+class MlpPolicy(TD3Policy):
+    """SB3's TD3 ``MlpPolicy`` with one option more (the same option as :class:`CnnPolicy`'s).
+
+    :param critic_layer_norm: LayerNorm after every hidden layer of both critics (:class:`LayerNormCritic`), for an
+        update-to-data ratio above 1 (``gradient_steps > train_freq``); off: SB3's critic, bit for bit
+    """
+
+    def __init__(self, *args: Any, critic_layer_norm: bool = False, **kwargs: Any) -> None:
+        self.critic_layer_norm = critic_layer_norm  # read by make_critic, which the parent's __init__ calls
+        super().__init__(*args, **kwargs)
+
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
+        if not self.critic_layer_norm:
+            return super().make_critic(features_extractor)
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        return LayerNormCritic(**critic_kwargs).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "critic_layer_norm": self.critic_layer_norm}
+
+
+class CnnPolicy(MlpPolicy):
     """TD3 policy for image (Box) observations; see :class:`stable_baselines3.td3.policies.TD3Policy` for the arguments.
 
     A non-image observation is refused (SB3's TD3 says "You should use NatureCNN only with images"); use
@@ -79,6 +124,7 @@ class CnnPolicy(TD3Policy):
         when ``features_extractor_class`` is None or :class:`CnnGruExtractor`. Either centres the pixels of an image
         observation (the pixels recipe) and leaves them in [0, 1] beside a vector (a Dict observation: the camera +
         vector recipe); ``features_extractor_kwargs=dict(center_pixels=...)`` decides otherwise
+    :param critic_layer_norm: LayerNorm in both critics' hidden layers (:class:`MlpPolicy`)
     """
 
     def __init__(
@@ -91,6 +137,7 @@ class CnnPolicy(TD3Policy):
         features_extractor_kwargs: dict[str, Any] | None = None,
         share_features_extractor: bool = False,
         encoder_preset: str = "nature",
+        critic_layer_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         if encoder_preset not in ENCODER_PRESETS:
@@ -126,6 +173,7 @@ class CnnPolicy(TD3Policy):
             features_extractor_class=features_extractor_class,
             features_extractor_kwargs=features_extractor_kwargs,
             share_features_extractor=False,
+            critic_layer_norm=critic_layer_norm,
             **kwargs,
         )
         self.encoder_preset = encoder_preset
@@ -205,3 +253,22 @@ class SharedEncoderPolicy(CnnPolicy):
 
 class SharedEncoderMultiInputPolicy(SharedEncoderPolicy):
     """:class:`SharedEncoderPolicy` for Dict observations (image under ``"image"`` plus vector keys)."""
+
+
+@contextmanager
+def acting_with_target_actor(policy: TD3Policy) -> Iterator[TD3Policy]:
+    """Within the block, ``policy`` acts with its Polyak-averaged actor (``actor_target``) instead of ``actor``.
+
+    TD3 keeps ``actor_target``, an exponential moving average of the actor's weights (rate ``tau``), for its TD target;
+    acting with it averages out the last updates' churn at no training cost. With separate encoders the target
+    actor's encoder is averaged too; with the shared encoder it reads the online encoder, as it does in training.
+
+    :param policy: a TD3 policy (SB3's or TD3CNN's)
+    :return: the same policy, swapped back on exit (also on an exception)
+    """
+    online, target = policy.actor, policy.actor_target
+    policy.actor, policy.actor_target = target, online
+    try:
+        yield policy
+    finally:
+        policy.actor, policy.actor_target = online, target

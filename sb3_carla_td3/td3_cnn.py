@@ -15,7 +15,7 @@ from stable_baselines3.common.noise import ActionNoise, NormalActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, polyak_update, update_learning_rate
-from stable_baselines3.td3.policies import MlpPolicy, TD3Policy
+from stable_baselines3.td3.policies import TD3Policy
 from torch.nn import functional as F
 
 from sb3_carla_td3.augmentation import AUGMENTATIONS, shift_pair
@@ -39,6 +39,7 @@ from sb3_carla_td3.gradients import (
 )
 from sb3_carla_td3.policies import (
     CnnPolicy,
+    MlpPolicy,
     MultiInputPolicy,
     SharedEncoderMultiInputPolicy,
     SharedEncoderPolicy,

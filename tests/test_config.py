@@ -153,9 +153,11 @@ def test_every_td3_and_encoder_key_reaches_the_model_kwargs():
     unread_td3 = [f.name for f in dataclasses.fields(TD3Config) if f.name not in kwargs and f.name not in noise_fields]
     assert unread_td3 == []
     assert kwargs["action_noise"]._sigma.tolist() == [0.1, 0.1]
-    encoder_fields = {f.name for f in dataclasses.fields(config.encoder)} - {"mode", "net_arch", "frames"}
+    policy_fields = {"net_arch", "critic_layer_norm"}
+    encoder_fields = {f.name for f in dataclasses.fields(config.encoder)} - {"mode", "frames"} - policy_fields
     assert encoder_fields <= set(extractor)
-    assert kwargs["encoder"] == config.encoder.mode and kwargs["policy_kwargs"]["net_arch"] == config.encoder.net_arch
+    assert kwargs["encoder"] == config.encoder.mode
+    assert all(kwargs["policy_kwargs"][name] == getattr(config.encoder, name) for name in policy_fields)
 
 
 def test_hyperparameter_report_reads_back_what_the_optimizers_hold(tmp_path):

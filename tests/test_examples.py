@@ -172,3 +172,26 @@ def test_learning_results_baseline_trains_sb3_and_evaluates_like_the_recipe(tmp_
     assert report["data"]["algorithm"] == f"stable_baselines3.{algorithm}" and report["data"]["summary"]["timesteps"] == 60
     rows = results.set_table("camera_baselines", tmp_path).splitlines()[2:]
     assert [row.endswith("| baseline |") for row in rows] == [algorithm == "TD3", algorithm == "SAC"]
+
+
+@pytest.mark.parametrize("algorithm", ["SAC", "CrossQ"])
+def test_learning_results_baselines_train_on_the_vector_env_with_an_mlp_policy(tmp_path, algorithm):
+    results = load_example("learning_results")
+    overrides = {
+        "baseline": {"algorithm": algorithm},
+        "td3": {"learning_starts": 40, "batch_size": 8, "buffer_size": 500, "gradient_steps": 2},
+        "run": {"eval_freq": 60, "eval_episodes": 1},
+    }
+    run_dir = tmp_path / "baseline"
+    results.run_one(algorithm, results.VECTOR, overrides, 0, str(run_dir), 60)
+    report = json.loads((run_dir / "report.json").read_text())
+    module = "sb3_contrib" if algorithm == "CrossQ" else "stable_baselines3"
+    assert report["data"]["algorithm"] == f"{module}.{algorithm}" and report["data"]["summary"]["timesteps"] == 60
+    assert report["data"]["summary"]["n_updates"] == 2 * (60 - 40)  # the td3 section's gradient steps reach it
+
+
+def test_crossq_refuses_a_camera_env_with_the_reason(tmp_path):
+    results = load_example("learning_results")
+    overrides = {"baseline": {"algorithm": "CrossQ"}, "env": {"image_size": 36, "frames": 1}}
+    with pytest.raises(ValueError, match="CrossQ has only an MlpPolicy"):
+        results.run_one("CrossQ", results.CAMERA, overrides, 0, str(tmp_path / "crossq"), 60)

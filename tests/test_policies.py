@@ -120,3 +120,48 @@ def test_nature_encoder_gets_no_cost_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         model.learn(30)
+
+
+def _critic_layer_norms(model: TD3CNN) -> list[th.nn.LayerNorm]:
+    critics = (model.policy.critic, model.policy.critic_target)
+    return [m for critic in critics for m in critic.modules() if isinstance(m, th.nn.LayerNorm)]
+
+
+@pytest.mark.parametrize("policy", ["MlpPolicy", "CnnPolicy"])
+def test_critic_layer_norm_puts_a_layer_norm_after_every_hidden_layer_of_both_critics(policy):
+    env = gym.make("Pendulum-v1") if policy == "MlpPolicy" else make_image_env(36, 4)
+    kwargs = {"net_arch": [32, 16]} if policy == "MlpPolicy" else {"net_arch": [32, 16], "encoder_preset": "nature"}
+    plain = TD3CNN(policy, env, policy_kwargs=kwargs, buffer_size=100, seed=0)
+    normed = TD3CNN(policy, env, policy_kwargs={**kwargs, "critic_layer_norm": True}, buffer_size=100, seed=0)
+    trunk_norms = len(_critic_layer_norms(plain))  # the image trunk's own LayerNorm, if any, is not the critic's
+    # 2 critics x 2 hidden layers, in the critic and in its target
+    assert len(_critic_layer_norms(normed)) - trunk_norms == 2 * 2 * 2
+    q_net = normed.policy.critic.q_networks[0]
+    kinds = [type(m).__name__ for m in q_net]
+    assert kinds == ["Linear", "LayerNorm", "ReLU", "Linear", "LayerNorm", "ReLU", "Linear"]
+    assert normed.policy.critic.qf0 is q_net  # registered: the optimizer and state_dict see the new layers
+    critic_params = {id(p) for g in normed.critic.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in critic_params for p in q_net.parameters())
+    target = normed.policy.critic_target.q_networks[0]
+    assert all(th.equal(a, b) for a, b in zip(q_net.parameters(), target.parameters(), strict=True))
+
+
+def test_critic_layer_norm_survives_save_and_load_and_trains_with_several_steps_per_env_step(tmp_path):
+    model = TD3CNN(
+        "MlpPolicy",
+        "Pendulum-v1",
+        policy_kwargs={"net_arch": [32, 32], "critic_layer_norm": True},
+        gradient_steps=4,
+        learning_starts=50,
+        batch_size=32,
+        buffer_size=1000,
+        seed=0,
+    )
+    model.learn(80)
+    assert model._n_updates == 4 * 30  # an update-to-data ratio of 4
+    model.save(tmp_path / "model.zip")
+    loaded = TD3CNN.load(tmp_path / "model.zip")
+    assert loaded.policy.critic_layer_norm
+    obs = th.as_tensor(np.zeros((1, 3), np.float32))
+    action = th.zeros((1, 1))
+    assert th.allclose(loaded.policy.critic(obs, action)[0], model.policy.critic(obs, action)[0])

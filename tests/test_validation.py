@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
@@ -291,12 +292,22 @@ def test_evaluation_keeps_the_best_model_and_a_resumed_run_knows_its_best(tmp_pa
 
 
 def test_vector_only_env_trains_an_mlp_policy(tmp_path):
-    from stable_baselines3.td3.policies import MlpPolicy
+    from stable_baselines3.common.policies import ContinuousCritic
+    from stable_baselines3.td3.policies import TD3Policy
+
+    from sb3_carla_td3.policies import LayerNormCritic, MlpPolicy
 
     config = tiny_config(env={"image_obs": False, "vector_obs": True})
     result = train(config, tmp_path)
-    assert type(result.model.policy) is MlpPolicy
+    assert type(result.model.policy) is MlpPolicy and isinstance(result.model.policy, TD3Policy)
+    assert type(result.model.critic) is ContinuousCritic  # SB3's critic unless the config asks for LayerNorm
     assert result.model.num_timesteps == 150 and result.model.last_train_stats.n_updates == 100
+
+    vector, layer_norm = {"image_obs": False, "vector_obs": True}, {"critic_layer_norm": True}
+    utd = tiny_config(env=vector, encoder=layer_norm, td3={"gradient_steps": 2})
+    result = train(utd, tmp_path / "utd")
+    assert type(result.model.critic) is LayerNormCritic
+    assert result.model.last_train_stats.n_updates == 200  # two gradient steps per env step after the warm-up
 
 
 def test_vector_only_env_with_a_shared_encoder_names_the_problem(tmp_path):
@@ -349,3 +360,36 @@ def test_keep_last_deletes_older_checkpoints_and_learn_resumably_continues_to_th
     assert status == "completed" and resumed.num_timesteps == 70 and resumed.replay_buffer.size() == 70
     with pytest.raises(ValueError, match="keep_last must be >= 1"):
         checkpoints.save_checkpoint(resumed, directory, keep_last=0)
+
+
+def test_polyak_actor_evaluation_drives_the_same_tracks_with_actor_target_and_swaps_back(tmp_path):
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import configure
+
+    from sb3_carla_td3.policies import acting_with_target_actor
+    from sb3_carla_td3.validation.runner import build_model, evaluation_callback, make_vec_env
+
+    vector = {"image_obs": False, "vector_obs": True}
+    config = tiny_config(env=vector, run={"eval_freq": 10, "eval_episodes": 2, "eval_polyak_actor": True})
+    model = build_model(config, make_vec_env(config, 0))
+    model.set_logger(configure(None, []))
+    online, target = model.policy.actor, model.policy.actor_target
+    callback = evaluation_callback(config, tmp_path)
+    callback.init_callback(model)
+    same = callback.evaluate()
+    assert same["polyak_returns"] == same["returns"]  # at construction the target is a copy of the actor
+    with th.no_grad():
+        for parameter in online.parameters():
+            parameter.mul_(-1.0)  # the online actor now steers and pedals the other way; the target did not move
+    flipped = callback.evaluate()
+    assert flipped["polyak_returns"] == same["returns"] and flipped["returns"] != same["returns"]
+    assert flipped["polyak_mean_return"] == pytest.approx(np.mean(flipped["polyak_returns"]))
+    assert model.policy.actor is online and model.policy.actor_target is target  # swapped back
+    with pytest.raises(RuntimeError), acting_with_target_actor(model.policy):
+        assert model.policy.actor is target
+        raise RuntimeError("inside the block")
+    assert model.policy.actor is online  # also after an exception
+
+    sac = SAC("MlpPolicy", make_vec_env(config, 0), buffer_size=100)
+    with pytest.raises(ValueError, match="actor_target"):
+        evaluation_callback(config, tmp_path / "sac").init_callback(sac)

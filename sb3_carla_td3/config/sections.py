@@ -145,6 +145,8 @@ class EncoderConfig:
     """Frames in the image stack; null: taken from the environment."""
     net_arch: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layers of the actor and critic heads."""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden layer of both critics: what keeps td3.gradient_steps > td3.train_freq stable."""
     vector_mlp: list[int] | None = None
     """Hidden layers applied to the vector observation before concatenation; null: concatenate as is."""
     trunk: int | None = None
@@ -179,6 +181,8 @@ class RunSettings:
     """Env steps between evaluations; 0 disables them."""
     eval_episodes: int = 5
     """Episodes per evaluation."""
+    eval_polyak_actor: bool = False
+    """Also evaluate the Polyak-averaged actor (TD3's actor_target) on the same tracks: twice the evaluation time."""
     checkpoint_freq: int = 10000
     """Env steps between checkpoints; 0 disables them."""
     save_replay_buffer: bool = False
@@ -374,7 +378,11 @@ class RunConfig:
             "preact_penalty": td3.preact_penalty,
             "augment": td3.augment,
             "augment_pad": td3.augment_pad,
-            "policy_kwargs": {"net_arch": list(encoder.net_arch), "features_extractor_kwargs": extractor_kwargs},
+            "policy_kwargs": {
+                "net_arch": list(encoder.net_arch),
+                "critic_layer_norm": encoder.critic_layer_norm,
+                "features_extractor_kwargs": extractor_kwargs,
+            },
             "seed": self.run.seed,
             "device": self.run.device,
         }

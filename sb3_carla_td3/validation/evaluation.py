@@ -12,13 +12,15 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.td3.policies import TD3Policy
 
 from sb3_carla_td3.envs.carracing import CarRacingConfig
+from sb3_carla_td3.policies import acting_with_target_actor
 from sb3_carla_td3.validation.leaderboard import DrivingEpisode, LeaderboardTracker, aggregate_scores, tensorboard_values
 
 __all__ = [
@@ -110,6 +112,10 @@ class DrivingEvalCallback(BaseCallback):
     :param frames_per_step: physics frames per env step, for the x axis of the learning curve
     :param log_path: JSON file of all evaluations (None: kept in memory only)
     :param best_model_save_path: folder of ``best_model.zip`` (None: not saved)
+    :param polyak_actor: also drive the same tracks with the Polyak-averaged actor (TD3's ``actor_target``, see
+        :func:`~sb3_carla_td3.policies.acting_with_target_actor`), stored as ``polyak_returns`` and
+        ``polyak_mean_return`` and logged as ``eval/polyak_mean_return``: twice the evaluation time, to measure whether
+        acting with the average holds a learned policy better than the last update does
     :param close_after_evaluation: close the evaluation env after each evaluation and build it anew for the next.
         Needed for a CARLA env on the training env's server: kept open, its last episode's ego and NPCs would stay in
         the world the training env drives in.
@@ -125,6 +131,7 @@ class DrivingEvalCallback(BaseCallback):
         frames_per_step: int = 1,
         log_path: str | Path | None = None,
         best_model_save_path: str | Path | None = None,
+        polyak_actor: bool = False,
         close_after_evaluation: bool = False,
         verbose: int = 0,
     ) -> None:
@@ -140,8 +147,16 @@ class DrivingEvalCallback(BaseCallback):
         self.best_mean_return = -np.inf
         if self.best_model_path is not None and self.best_model_path.is_file():
             self.best_mean_return = max((r["mean_return"] for r in self.results if r.get("best")), default=-np.inf)
+        self.polyak_actor = polyak_actor
         self.close_after_evaluation = close_after_evaluation
         self._env: gym.Env | None = None
+
+    def _init_callback(self) -> None:
+        if self.polyak_actor and not hasattr(self.model.policy, "actor_target"):
+            raise ValueError(
+                f"polyak_actor=True needs a policy with an actor_target (TD3, DDPG, TD3CNN); "
+                f"{type(self.model).__name__}'s {type(self.model.policy).__name__} has none"
+            )
 
     def _on_step(self) -> bool:
         if self.num_timesteps % self.eval_freq == 0:
@@ -160,8 +175,12 @@ class DrivingEvalCallback(BaseCallback):
         def predict(observation: Any) -> Any:
             return self.model.predict(observation, deterministic=True)[0]
 
+        polyak_returns: list[float] | None = None
         try:
             returns, lengths, driving = run_episodes(predict, self._env, self.n_episodes, self.seed)
+            if self.polyak_actor:
+                with acting_with_target_actor(cast(TD3Policy, self.model.policy)):
+                    polyak_returns = run_episodes(predict, self._env, self.n_episodes, self.seed)[0]
         finally:
             if self.close_after_evaluation:
                 self._env.close()
@@ -174,6 +193,10 @@ class DrivingEvalCallback(BaseCallback):
             "mean_return": float(np.mean(returns)),
             "std_return": float(np.std(returns)),
         }
+        if polyak_returns is not None:
+            result["polyak_returns"] = polyak_returns
+            result["polyak_mean_return"] = float(np.mean(polyak_returns))
+            self.logger.record("eval/polyak_mean_return", result["polyak_mean_return"])
         if driving:  # a CARLA env: the leaderboard's numbers (sb3_carla_td3.validation.leaderboard)
             result["leaderboard"] = aggregate_scores(driving)
             for key, value in tensorboard_values(result["leaderboard"]).items():
@@ -193,7 +216,9 @@ class DrivingEvalCallback(BaseCallback):
             self.log_path.write_text(json.dumps({"evaluations": self.results}, indent=1))
         if self.verbose >= 1:
             scores = f", driving score {result['leaderboard']['driving_score']:.1f}" if driving else ""
-            print(f"eval at {self.num_timesteps} steps: {result['mean_return']:.1f} +- {result['std_return']:.1f}{scores}")
+            polyak = f", Polyak actor {result['polyak_mean_return']:.1f}" if polyak_returns is not None else ""
+            mean, std = result["mean_return"], result["std_return"]
+            print(f"eval at {self.num_timesteps} steps: {mean:.1f} +- {std:.1f}{scores}{polyak}")
         return result
 
     def _on_training_end(self) -> None:

@@ -169,6 +169,7 @@ def evaluation_callback(config: RunConfig, run_dir: Path, verbose: int = 0) -> D
         frames_per_step=frames_per_step(config.env.options),
         log_path=run_dir / EVALUATIONS_FILE,
         best_model_save_path=run_dir,
+        polyak_actor=config.run.eval_polyak_actor,
         # CARLA: the evaluation env shares the training env's server; its actors must not stay in training's world
         close_after_evaluation=config.env.name == "carla",
         verbose=verbose,
