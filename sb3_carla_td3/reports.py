@@ -36,6 +36,7 @@ REFERENCES: dict[str, dict[str, Any]] = {
         "learning_starts": (1_000, 10_000),
         "train_freq": "1 step",
         "gradient_steps": 1,
+        "critic_layer_norm": False,
         "weight_decay": 0.0,
     },
     # Stable-Baselines3's TD3 constructor defaults (2.9): what a user of SB3 expects when passing nothing; TD3CNN's
@@ -54,6 +55,7 @@ REFERENCES: dict[str, dict[str, Any]] = {
         "learning_starts": 100,
         "train_freq": "1 step",
         "gradient_steps": 1,
+        "critic_layer_norm": False,
         "actor_grad_clip": None,
         "critic_grad_clip": None,
         "weight_decay": 0.0,
@@ -172,6 +174,7 @@ def effective_hyperparameters(model: Any) -> dict[str, Any]:
         "learning_starts": model.learning_starts,
         "train_freq": f"{model.train_freq.frequency} {model.train_freq.unit.value}",
         "gradient_steps": model.gradient_steps,
+        "critic_layer_norm": getattr(model.policy, "critic_layer_norm", False),
         "actor_grad_clip": getattr(model, "actor_grad_clip", None),
         "critic_grad_clip": getattr(model, "critic_grad_clip", None),
         "weight_decay": decays.pop() if len(decays) == 1 else sorted(decays),
