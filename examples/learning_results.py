@@ -110,7 +110,9 @@ SETS["own_env_vs_shift"] = SETS["own_env"][:1] + SETS["own_env_no_shift"][:1]
 #: Issue 21, item 3: several gradient steps per env step (update-to-data ratio, UTD) on the vector fast loop, 80K
 #: frames with an evaluation every 5K, against bar 3's 700 within 40K frames; LayerNorm critics are what keeps a high
 #: UTD stable in RLPD (Ball et al. 2023). Beside them SB3's SAC and sb3-contrib's CrossQ at the same frames (item 5).
-FAST = {"run": {"total_timesteps": 20000, "eval_freq": 1250}}
+#: Each evaluation also drives the Polyak-averaged actor (seed 0's runs ran before that option; training is the same).
+FAST_BUDGET = {"total_timesteps": 20000, "eval_freq": 1250}
+FAST = {"run": {**FAST_BUDGET, "eval_polyak_actor": True}}
 UTD = {
     "UTD 1": FAST,
     "UTD 4": {**FAST, "td3": {"gradient_steps": 4}},
@@ -118,10 +120,18 @@ UTD = {
 }
 SETS["vector_utd"] = [(label, VECTOR, o, seed) for seed in (0, 1, 2) for label, o in UTD.items()]
 SETS["vector_baselines"] = [
-    (label, VECTOR, {**FAST, "baseline": {"algorithm": algo}}, 0)
+    (label, VECTOR, {"run": FAST_BUDGET, "baseline": {"algorithm": algo}}, 0)  # SAC, CrossQ: no Polyak actor
     for label, algo in (("SB3 SAC", "SAC"), ("sb3-contrib CrossQ", "CrossQ"))
 ]
 SETS["vector_utd_vs_baselines"] = SETS["vector_utd"] + SETS["vector_baselines"]
+#: The same lever on camera + vector, against bar 2's 900 within 60K frames (half the recipe's 120K).
+CAMERA_UTD = {
+    "td3": {"gradient_steps": 4},
+    "encoder": {"critic_layer_norm": True},
+    "run": {"total_timesteps": 15000, "eval_freq": 2500, "eval_polyak_actor": True},
+}
+SETS["camera_utd"] = [("UTD 4 + LayerNorm critic", CAMERA, CAMERA_UTD, seed) for seed in (0, 1, 2)]
+SETS["camera_utd_vs_recipe"] = SETS["camera"] + SETS["camera_utd"]
 #: The recipe's curves beside SB3's own TD3 and SAC (one figure, same runs).
 SETS["camera_vs_sb3"] = SETS["camera"] + SETS["camera_baselines"]
 

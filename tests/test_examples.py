@@ -86,7 +86,7 @@ def test_every_learning_results_run_builds_a_valid_config():
     """A typo in an ablation's or the grid's override (an unknown key) would only surface hours into a run."""
     import copy
 
-    from sb3_carla_td3.config import config_from_dict
+    from sb3_carla_td3.config import ConfigError, config_from_dict
 
     results = load_example("learning_results")
     for name, runs in results.SETS.items():
@@ -99,9 +99,12 @@ def test_every_learning_results_run_builds_a_valid_config():
             data = copy.deepcopy(results._load_yaml(results.CONFIGS / file))
             overrides = {section: values for section, values in overrides.items() if section != "baseline"}
             for section, values in overrides.items():
-                assert set(values) <= set(data[section]), (name, label)  # overrides change keys the recipe sets
-                data[section].update(values)
-            config_from_dict(data, source=f"{name}: {label}")
+                data.setdefault(section, {}).update(values)
+            config_from_dict(data, source=f"{name}: {label}")  # an unknown key raises ConfigError
+    typo = copy.deepcopy(results._load_yaml(results.CONFIGS / results.VECTOR))
+    typo["td3"]["gradient_step"] = 4
+    with pytest.raises(ConfigError, match="gradient_step"):
+        config_from_dict(typo, source="an override with a typo")
 
 
 def test_the_gpu_command_plans_three_pooled_seeds_on_cuda(tmp_path):
