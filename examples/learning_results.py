@@ -357,11 +357,14 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
             summary = report["data"]["summary"]
             steps = summary.get("session_timesteps", summary["timesteps"])  # a resumed run timed its last session only
             speed, verdict = f"{steps / summary['seconds']:.1f}", report["verdict"]
+        last_cell, best_cell = f"{last['mean_return']:.1f} ± {last['std_return']:.1f} ({len(last['returns'])})", f"{best:.1f}"
+        if "polyak_mean_return" in last:  # run.eval_polyak_actor: the Polyak-averaged actor drove the same tracks
+            best_polyak = max(e.get("polyak_mean_return", -np.inf) for e in evaluations)
+            last_cell += f"; Polyak actor {last['polyak_mean_return']:.1f}"
+            best_cell += f"; Polyak actor {best_polyak:.1f}"
         lines.append(
             f"| {label} | {td3.get('learning_rate', 'default')} | {td3.get('exploration_noise', 'default')} | {seed} "
-            f"| {last['physics_frames']:,} "
-            f"| {last['mean_return']:.1f} ± {last['std_return']:.1f} ({len(last['returns'])}) | {best:.1f} "
-            f"| {speed} | {verdict} |"
+            f"| {last['physics_frames']:,} | {last_cell} | {best_cell} | {speed} | {verdict} |"
         )
     if len(lasts) > 1 and len({label for label, *_ in SETS[name]}) == 1:  # seeds of one recipe, not a comparison
         mean, std = statistics.mean(lasts), statistics.pstdev(lasts)

@@ -150,8 +150,12 @@ def test_learning_results_seed_tables_report_iqm_with_its_interval(tmp_path):
         path.parent.mkdir(parents=True)
         evaluation = {"timestep": 5000, "physics_frames": 20000, "returns": returns[seed], "lengths": [250] * 4,
                       "mean_return": float(np.mean(returns[seed])), "std_return": float(np.std(returns[seed]))}  # fmt: skip
+        if seed == 1:  # evaluated with run.eval_polyak_actor
+            evaluation |= {"polyak_returns": [800.0] * 4, "polyak_mean_return": 800.0}
         path.write_text(json.dumps({"evaluations": [evaluation]}))
     rows = results.set_table("one_liner", tmp_path).splitlines()
+    assert "| 715.0 ± 11.2 (4); Polyak actor 800.0 | 715.0; Polyak actor 800.0 |" in rows[3]
+    assert "Polyak" not in rows[2] + rows[4]
     iqm = stratified_bootstrap_iqm(np.array([returns[s] for s in (0, 1, 2)]))
     assert 700.0 < iqm.value < 870.0 and iqm.low < iqm.value < iqm.high  # the 0 and 100 outliers are cut
     assert rows[-2].startswith("| **mean over runs** |") and rows[-1].startswith("| **IQM [95 % CI]** (runs × 4 episodes")
