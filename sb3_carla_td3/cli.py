@@ -8,8 +8,9 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sb3_carla_td3.config import RunConfig, env_options_class, load_config
 from sb3_carla_td3.errors import CarlaConnectionError, ConfigError
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--out", type=Path, help="CARLA: folder of report.md/report.json (default: evaluate/ next to the run's config)"
     )
+    evaluate.add_argument(
+        "--polyak-actor", action="store_true",
+        help="act with TD3's Polyak-averaged actor (actor_target) instead of the last actor (docs/results.md, section 8)",
+    )  # fmt: skip
     report = commands.add_parser("report", help="print a run's report and redraw its plots")
     report.add_argument("run_dir", type=Path)
     tune = commands.add_parser(
@@ -197,10 +202,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     config_path = args.config or _find_upwards(model_path.parent, CONFIG_FILE)
     config = load_config(config_path)
     if config.env.name == "carla":
-        return _evaluate_carla(model_path, config, args.episodes, args.out or config_path.parent / "evaluate")
+        out = args.out or config_path.parent / "evaluate"
+        return _evaluate_carla(model_path, config, args.episodes, out, args.polyak_actor)
     env = make_vec_env(config, config.run.seed + 2000)
     model = TD3CNN.load(model_path, env=env, device="cpu")
-    outcome = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
+    with _acting_actor(model, args.polyak_actor):
+        outcome = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
     returns, lengths = cast("tuple[list[float], list[int]]", outcome)
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
@@ -208,7 +215,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_carla(model_path: Path, config: RunConfig, episodes: int, out: Path) -> int:
+def _acting_actor(model: Any, polyak_actor: bool) -> AbstractContextManager[Any]:
+    """The Polyak-averaged actor acts within the block when asked (see ``acting_with_target_actor``)."""
+    from sb3_carla_td3.policies import acting_with_target_actor
+
+    return acting_with_target_actor(model.policy) if polyak_actor else nullcontext()
+
+
+def _evaluate_carla(model_path: Path, config: RunConfig, episodes: int, out: Path, polyak_actor: bool = False) -> int:
     """Deterministic episodes on the same seeded routes as the run's evaluations, scored as the CARLA Leaderboard
     scores them; the table is printed and written to ``out``/report.md and report.json."""
     from sb3_carla_td3.envs import make_env
@@ -220,7 +234,8 @@ def _evaluate_carla(model_path: Path, config: RunConfig, episodes: int, out: Pat
     env = make_env("carla", evaluation_options(config.env.options))
     try:
         predict = lambda observation: model.predict(observation, deterministic=True)[0]  # noqa: E731
-        returns, lengths, driving = run_episodes(predict, env, episodes, EVAL_SEED_OFFSET)
+        with _acting_actor(model, polyak_actor):
+            returns, lengths, driving = run_episodes(predict, env, episodes, EVAL_SEED_OFFSET)
     finally:
         env.close()
     summary = aggregate_scores(driving)

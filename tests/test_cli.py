@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch as th
 import yaml
 from test_validation import TINY
 
@@ -63,6 +64,30 @@ def test_evaluate_command_runs_a_saved_model(tmp_path, capsys):
     assert main(["evaluate", str(model.with_suffix("")), "--episodes", "1"]) == 0  # SB3's own name, without .zip
     assert main(["evaluate", str(out), "--episodes", "1"]) == 0  # a run directory: its newest checkpoint
     assert "1 episodes: return" in capsys.readouterr().out
+
+
+def test_evaluate_polyak_actor_acts_with_actor_target(tmp_path, capsys):
+    from sb3_carla_td3 import TD3CNN
+
+    out = tmp_path / "run"
+    main(["train", "--config", str(tiny_yaml(tmp_path, checkpoint_freq=100)), "--out", str(out), "--no-progress"])
+    model_file = next((out / "checkpoints").glob("model_*_steps.zip"))
+    model = TD3CNN.load(model_file, device="cpu")
+    model.policy.actor_target.load_state_dict(model.policy.actor.state_dict())  # the target holds the trained actor
+    with th.no_grad():
+        for parameter in model.policy.actor.parameters():
+            parameter.mul_(-1.0)  # and the actor drives the other way
+    swapped = model_file.with_name("swapped.zip")
+    model.save(swapped)
+    capsys.readouterr()
+
+    def evaluate(path: Path, *flags: str) -> str:
+        assert main(["evaluate", str(path), "--episodes", "2", *flags]) == 0
+        return capsys.readouterr().out.strip().splitlines()[-1]
+
+    trained = evaluate(model_file)
+    assert evaluate(swapped, "--polyak-actor") == trained
+    assert evaluate(swapped) != trained
 
 
 @pytest.mark.parametrize("name", ["missing.zip", "missing"])
