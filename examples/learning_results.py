@@ -396,7 +396,7 @@ def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
         means = np.array([[e["mean_return"] for e in r[:n]] for r in runs])
         (line,) = ax.plot(frames, means.mean(axis=0), lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
-            ax.fill_between(frames, means.min(axis=0), means.max(axis=0), alpha=0.2)
+            ax.fill_between(frames, means.min(axis=0), means.max(axis=0), alpha=0.2, color=line.get_color())
             for r in runs:  # a seed that ran further than the others: its own thin line past the band
                 if len(r) > n:
                     tail = r[n - 1 :]
