@@ -74,11 +74,12 @@ class LayerNormCritic(ContinuousCritic):
 
     LayerNorm in the critic is what keeps several gradient steps per env step stable (Ball et al. 2023, RLPD;
     Nauman et al. 2024, "Overestimation, Overfitting, and Plasticity in Actor-Critic"): it bounds the features the
-    Q-head extrapolates from. Same arguments as :class:`~stable_baselines3.common.policies.ContinuousCritic`.
+    Q-head extrapolates from. Same arguments as :class:`~stable_baselines3.common.policies.ContinuousCritic`, by
+    keyword (as ``TD3Policy.make_critic`` passes them).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         action_dim = get_action_dim(self.action_space)
         net_arch, activation_fn = kwargs["net_arch"], kwargs.get("activation_fn", nn.ReLU)
         features_dim = kwargs["features_dim"]
