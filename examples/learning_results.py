@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_carla_td3.validation.statistics import stratified_bootstrap_iqm
+from sb3_carla_td3.validation.statistics import evaluation_swings, stratified_bootstrap_iqm
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -375,6 +375,39 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
     return "\n".join(lines)
 
 
+#: A drop this large between consecutive evaluations is what issue 21's first bar rules out for the last two.
+CHURN_POINTS = 150.0
+
+
+def churn_table(name: str, out: Path, frames: int | None = None) -> str:
+    """One row per run (and per Polyak-averaged actor where measured): how its evaluations swing, and how many of the
+    large drops are churn rather than evaluation noise (paired bootstrap over the same tracks, 95 %).
+
+    :param frames: read each run up to this many physics frames, as in :func:`set_table`
+    """
+    lines = [
+        f"| run | seed | swings | mean size | drops > {CHURN_POINTS:g} (beyond noise) | largest drop [95 % CI] "
+        "| last swing [95 % CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, file, _, seed in SETS[name]:
+        evaluations = [
+            e for e in _evaluations(out / run_name(label, file, seed)) if frames is None or e["physics_frames"] <= frames
+        ]
+        for key, actor in (("returns", ""), ("polyak_returns", " (Polyak actor)")):
+            swings = evaluation_swings(evaluations, key)
+            if not swings:
+                continue
+            drops = [s for s in swings if s.change.value < -CHURN_POINTS]
+            largest = min(swings, key=lambda s: s.change.value)
+            largest_cell = f"{largest.change} at {largest.frames_after:,}" if largest.change.value < 0 else "none"
+            lines.append(
+                f"| {label}{actor} | {seed} | {len(swings)} | {np.mean([abs(s.change.value) for s in swings]):.1f} "
+                f"| {len(drops)} ({sum(s.beyond_noise for s in drops)}) | {largest_cell} | {swings[-1].change} |"
+            )
+    return "\n".join(lines)
+
+
 def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
     """Evaluation return against physics frames: one line per run label, band over its seeds."""
     import matplotlib
@@ -413,10 +446,14 @@ def draw_curves(name: str, out: Path, docs: Path) -> Path | None:
 
 
 def summarize(out: Path, docs: Path, frames: int | None = None, sets: list[str] | None = None) -> None:
-    """Print each set's table (up to ``frames`` physics frames, see :func:`set_table`) and draw its curves."""
+    """Print each set's table (up to ``frames`` physics frames, see :func:`set_table`) and its swings
+    (:func:`churn_table`), and draw its curves."""
     for name in sets or SETS:
         if any(_evaluations(out / run_name(label, file, seed)) for label, file, _, seed in SETS[name]):
             print(f"## {name}{f' (up to {frames:,} physics frames)' if frames else ''}\n\n{set_table(name, out, frames)}\n")
+            churn = churn_table(name, out, frames)
+            if churn.count("\n") > 1:
+                print(f"Swings between consecutive evaluations (churn or noise):\n\n{churn}\n")
             figure = draw_curves(name, out, docs)
             if figure is not None:
                 print(f"wrote {figure}\n")

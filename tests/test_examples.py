@@ -162,6 +162,33 @@ def test_learning_results_seed_tables_report_iqm_with_its_interval(tmp_path):
     assert f"**{iqm}**" in rows[-1]
 
 
+def test_learning_results_churn_table_tells_a_real_drop_from_a_reshuffle(tmp_path):
+    from sb3_carla_td3.validation.phases import EVALUATIONS_FILE
+
+    results = load_example("learning_results")
+    tracks = [800.0, 600.0, 900.0, 700.0, 850.0, 650.0]
+
+    def write(seed: int, series: list[list[float]], polyak: list[list[float]] | None = None) -> None:
+        label, file, _, _ = results.SETS["own_env"][seed]
+        path = tmp_path / results.run_name(label, file, seed) / EVALUATIONS_FILE
+        path.parent.mkdir(parents=True)
+        evaluations = [
+            {"timestep": 5000 * (i + 1), "physics_frames": 20000 * (i + 1), "returns": r, "mean_return": float(np.mean(r))}
+            | ({"polyak_returns": polyak[i]} if polyak else {})
+            for i, r in enumerate(series)
+        ]
+        path.write_text(json.dumps({"evaluations": evaluations}))
+
+    write(0, [tracks, [r - 400.0 for r in tracks]])  # every track 400 worse: churn
+    write(1, [tracks, tracks[::-1]], polyak=[tracks, [r + 10.0 for r in tracks]])  # the mean unchanged: no drop
+    rows = results.churn_table("own_env", tmp_path).splitlines()
+    assert len(rows) == 5  # header, rule, seed 0, seed 1 and its Polyak actor; seed 2 and SAC not run
+    assert rows[2].startswith("| TD3CNN defaults | 0 | 1 | 400.0 | 1 (1) | -400.0 [-400.0, -400.0] at 40,000 |")
+    assert rows[3].startswith("| TD3CNN defaults | 1 | 1 | 0.0 | 0 (0) | none |")
+    assert rows[4].startswith("| TD3CNN defaults (Polyak actor) | 1 | 1 | 10.0 | 0 (0) | none | 10.0 [10.0, 10.0] |")
+    assert results.churn_table("own_env", tmp_path, frames=20000).count("\n") == 1  # one evaluation: no swing
+
+
 @pytest.mark.parametrize("algorithm", ["TD3", "SAC"])
 def test_learning_results_baseline_trains_sb3_and_evaluates_like_the_recipe(tmp_path, algorithm):
     results = load_example("learning_results")
