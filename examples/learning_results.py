@@ -119,6 +119,9 @@ UTD = {
     "UTD 4 + LayerNorm critic": {**FAST, "td3": {"gradient_steps": 4}, "encoder": {"critic_layer_norm": True}},
 }
 SETS["vector_utd"] = [(label, VECTOR, o, seed) for seed in (0, 1, 2) for label, o in UTD.items()]
+#: Eight gradient steps per env step with LayerNorm critics, up to bar 3's 40K frames only (twice UTD 4's cost).
+UTD8 = {"run": {**FAST["run"], "total_timesteps": 10000}, "td3": {"gradient_steps": 8}, "encoder": {"critic_layer_norm": True}}
+SETS["vector_utd8"] = [("UTD 8 + LayerNorm critic", VECTOR, UTD8, seed) for seed in (0, 1, 2)]
 SETS["vector_baselines"] = [
     (label, VECTOR, {"run": FAST_BUDGET, "baseline": {"algorithm": algo}}, 0)  # SAC, CrossQ: no Polyak actor
     for label, algo in (("SB3 SAC", "SAC"), ("sb3-contrib CrossQ", "CrossQ"))
