@@ -3,6 +3,7 @@
     python examples/own_env.py [--timesteps 50000] [--seed 0] [--out runs/own_env/td3_s0] [--eval-freq 5000]
                                [--eval-episodes 10] [--algo td3|sac] [--threads 1] [--augment auto|none|shift]
                                [--eval-polyak-actor]
+    python examples/own_env.py --evaluate runs/own_env/td3_s0/best_model.zip [--eval-episodes 50] [--eval-seed 20000]
 
 :func:`make_env` is the whole pipeline: ``gymnasium.make("CarRacing-v3")`` (96 px RGB, ``[steer, gas, brake]``,
 CarRacing's own reward), then action repeat, grayscale, 40x40 px, a stack of 4 frames, the soft linear brake, and
@@ -14,21 +15,27 @@ penalty, no early ending but CarRacing's), a line is printed, ``<out>/eval/evalu
 evaluation's model saved as ``<out>/best_model.zip``), and a checkpoint (model and replay buffer) replaces the
 previous one in ``<out>/checkpoints`` (the newest only: a replay buffer takes gigabytes). Run the same command
 again to continue from the checkpoint up to ``--timesteps``; Ctrl-C or SIGTERM saves a checkpoint first.
+``--evaluate MODEL`` only drives a saved model on ``--eval-episodes`` tracks from ``--eval-seed`` and prints its
+mean return with a 95 % bootstrap interval: a best evaluation was picked out of several noisy ones, so check the kept
+policy on tracks it was not picked on (seeds 20,000 + k) before trusting its number.
 ResizeObservation needs OpenCV (``pip install opencv-python-headless``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import gymnasium as gym
 import torch as th
 from gymnasium.wrappers import FrameStackObservation, GrayscaleObservation, ResizeObservation
 from stable_baselines3 import SAC
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.td3.policies import TD3Policy
 
 from sb3_carla_td3 import TD3CNN
 from sb3_carla_td3.envs.wrappers import (
@@ -39,8 +46,10 @@ from sb3_carla_td3.envs.wrappers import (
     carracing_off_track,
     carracing_speed,
 )
+from sb3_carla_td3.policies import acting_with_target_actor
 from sb3_carla_td3.validation.checkpoints import learn_resumably
-from sb3_carla_td3.validation.evaluation import DrivingEvalCallback
+from sb3_carla_td3.validation.evaluation import DrivingEvalCallback, run_episodes
+from sb3_carla_td3.validation.statistics import bootstrap_mean
 
 #: Physics frames per env step (ActionRepeat); CarRacing-v3's 1,000-frame episode is 250 steps.
 FRAMES_PER_STEP = 4
@@ -76,6 +85,26 @@ def make_env(seed: int, train: bool) -> gym.Env:
     return env
 
 
+def evaluate_saved(path: Path, algo: str, episodes: int, seed: int, polyak_actor: bool = False) -> list[float]:
+    """Drive a saved model on ``episodes`` evaluation tracks (seeds ``seed + k``) and print its mean return.
+
+    :param path: a model zip (``best_model.zip``, a checkpoint)
+    :param algo: the algorithm that saved it (``td3`` or ``sac``)
+    :param episodes: tracks to drive
+    :param seed: seed of the first track
+    :param polyak_actor: drive with TD3's Polyak-averaged actor instead of the actor
+    :return: the return of each episode
+    """
+    model = ALGORITHMS[algo].load(path, device="cpu")
+    env = make_env(seed, train=False)
+    with acting_with_target_actor(cast("TD3Policy", model.policy)) if polyak_actor else contextlib.nullcontext():
+        returns, _, _ = run_episodes(lambda obs: model.predict(obs, deterministic=True)[0], env, episodes, seed)
+    env.close()
+    actor = "Polyak-averaged actor" if polyak_actor else "actor"
+    print(f"{path} ({actor}), {episodes} tracks from seed {seed}: mean return {bootstrap_mean(returns)} (95 % CI)")
+    return returns
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timesteps", type=int, default=50_000, help="env steps in all (4 physics frames each)")
@@ -83,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/own_env/<algo>_s<seed>)")
     parser.add_argument("--eval-freq", type=int, default=5_000, help="env steps between evaluations and checkpoints")
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="seed of the first evaluation track")
+    parser.add_argument("--evaluate", type=Path, default=None, metavar="MODEL", help="only drive a saved model")
     parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="td3")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (two 1-thread runs fit 2 cores)")
     parser.add_argument(
@@ -97,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_polyak_actor and args.algo != "td3":
         parser.error(f"--eval-polyak-actor needs --algo td3 (SB3's {args.algo.upper()} keeps no Polyak-averaged actor)")
     th.set_num_threads(args.threads)
+    if args.evaluate is not None:
+        evaluate_saved(args.evaluate, args.algo, args.eval_episodes, args.eval_seed, args.eval_polyak_actor)
+        return 0
     run_dir = args.out if args.out is not None else Path("runs") / "own_env" / f"{args.algo}_s{args.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(args.seed, train=True)
@@ -111,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return SAC("CnnPolicy", env, seed=args.seed, buffer_size=100_000)
 
     evaluation = DrivingEvalCallback(
-        lambda: make_env(EVAL_SEED, train=False),
+        lambda: make_env(args.eval_seed, train=False),
         eval_freq=args.eval_freq,
         n_episodes=args.eval_episodes,
-        seed=EVAL_SEED,
+        seed=args.eval_seed,
         frames_per_step=FRAMES_PER_STEP,
         log_path=run_dir / "eval" / "evaluations.json",
         best_model_save_path=run_dir,

@@ -86,3 +86,21 @@ def test_augment_is_the_one_argument_off_the_defaults(tmp_path: Path, flag: str,
                          "--augment", flag]) == 0  # fmt: skip
     model = TD3CNN.load(tmp_path / "best_model.zip")
     assert model.augment == augment and model.preact_penalty == 0.1  # the rest stays at the defaults
+
+
+@pytest.mark.slow
+def test_evaluate_drives_a_saved_model_on_the_tracks_it_was_picked_on_and_on_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    example = load_example()
+    assert example.main(["--timesteps", "100", "--eval-freq", "100", "--eval-episodes", "1", "--out", str(tmp_path),
+                         "--eval-polyak-actor"]) == 0  # fmt: skip
+    (best,) = [e for e in json.loads((tmp_path / "eval" / "evaluations.json").read_text())["evaluations"] if e["best"]]
+    model = tmp_path / "best_model.zip"
+    # The training evaluation's track, driven again from the saved model: the same return, actor and Polyak actor.
+    assert example.evaluate_saved(model, "td3", 1, example.EVAL_SEED) == pytest.approx(best["returns"])
+    assert example.evaluate_saved(model, "td3", 1, example.EVAL_SEED, True) == pytest.approx(best["polyak_returns"])
+    capsys.readouterr()
+    assert example.main(["--evaluate", str(model), "--eval-episodes", "2", "--eval-seed", "20000"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{model} (actor), 2 tracks from seed 20000: mean return ") and line.endswith("(95 % CI)")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sb3_carla_td3.validation.statistics import (
+    bootstrap_mean,
     evaluation_swings,
     interquartile_mean,
     paired_mean_difference,
@@ -75,6 +76,16 @@ def test_paired_differences_name_bad_input():
         paired_mean_difference([1.0, 2.0, 3.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="confidence"):
         paired_mean_difference([1.0], [2.0], confidence=1.5)
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_mean([])
+
+
+def test_the_bootstrap_mean_interval_narrows_with_more_episodes():
+    rng = np.random.default_rng(5)
+    few, many = bootstrap_mean(rng.normal(600.0, 200.0, 10)), bootstrap_mean(rng.normal(600.0, 200.0, 50))
+    assert few.low < few.value < few.high and many.low < many.value < many.high
+    # The half-width shrinks as 1 / sqrt(episodes): about 1.96 * 200 / sqrt(n)
+    assert 0.6 * 124.0 < (few.high - few.low) / 2 < 1.2 * 124.0 and (many.high - many.low) < 0.7 * (few.high - few.low)
 
 
 def test_evaluation_swings_pair_consecutive_evaluations_of_the_same_key():

@@ -79,17 +79,41 @@ def stratified_bootstrap_iqm(
     return IntervalEstimate(value=interquartile_mean(matrix), low=float(low), high=float(high), n=runs)
 
 
+def bootstrap_mean(
+    values: Sequence[float] | np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> IntervalEstimate:
+    """The mean of ``values`` with its percentile bootstrap interval (values resampled with replacement).
+
+    With 10 values the percentile interval covers a little less than ``confidence`` (a t interval would be about 20 %
+    wider): a value just outside it is weak evidence, one far outside it is not noise.
+
+    :param values: one number per episode (or per paired difference)
+    :param reps: bootstrap draws
+    :param confidence: the interval's coverage
+    :param seed: of the resampling (the same values give the same interval)
+    :return: the mean and its interval
+    """
+    sample = np.asarray(values, dtype=np.float64)
+    if sample.ndim != 1 or sample.size == 0:
+        raise ValueError(f"bootstrap_mean: expected a non-empty list of numbers, got shape {sample.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"bootstrap_mean: confidence={confidence} must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    draws = sample[rng.integers(0, sample.size, size=(reps, sample.size))].mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return IntervalEstimate(value=float(sample.mean()), low=float(low), high=float(high), n=sample.size)
+
+
 def paired_mean_difference(
     before: Sequence[float], after: Sequence[float], reps: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> IntervalEstimate:
-    """Mean of ``after - before`` over paired episodes (the same tracks) with its percentile bootstrap interval.
-
-    With 10 pairs the percentile interval covers a little less than ``confidence`` (a t interval would be about 10 %
-    wider): a swing just outside it is weak evidence, one far outside it is not noise.
+    """Mean of ``after - before`` over paired episodes (the same tracks) with its bootstrap interval
+    (:func:`bootstrap_mean` of the differences: tracks resampled, pairs kept together).
 
     :param before: one return per track, first evaluation
     :param after: the same tracks' returns, later evaluation, in the same order
-    :param reps: bootstrap draws (tracks resampled with replacement, pairs kept together)
+    :param reps: bootstrap draws
     :param confidence: the interval's coverage
     :param seed: of the resampling
     :return: the mean difference and its interval
@@ -100,14 +124,7 @@ def paired_mean_difference(
             f"paired_mean_difference: expected two equal-length lists of returns (one per track), "
             f"got shapes {first.shape} and {second.shape}"
         )
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"paired_mean_difference: confidence={confidence} must be in (0, 1)")
-    differences = second - first
-    rng = np.random.default_rng(seed)
-    draws = differences[rng.integers(0, differences.size, size=(reps, differences.size))].mean(axis=1)
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail])
-    return IntervalEstimate(value=float(differences.mean()), low=float(low), high=float(high), n=differences.size)
+    return bootstrap_mean(second - first, reps, confidence, seed)
 
 
 @dataclass(frozen=True)
