@@ -197,6 +197,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from sb3_carla_td3.td3_cnn import TD3CNN
     from sb3_carla_td3.validation.runner import CONFIG_FILE, make_vec_env
+    from sb3_carla_td3.validation.statistics import bootstrap_mean
 
     model_path = _model_file(args.model)
     config_path = args.config or _find_upwards(model_path.parent, CONFIG_FILE)
@@ -211,7 +212,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     returns, lengths = cast("tuple[list[float], list[int]]", outcome)
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
-    print(f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f}, length {sum(lengths) / len(lengths):.1f}")
+    interval = bootstrap_mean(returns)  # a kept policy was picked on noisy evaluations: how sure is this number?
+    print(
+        f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f} (mean's 95 % CI [{interval.low:.2f}, "
+        f"{interval.high:.2f}]), length {sum(lengths) / len(lengths):.1f}"
+    )
     return 0
 
 

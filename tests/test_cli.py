@@ -61,6 +61,11 @@ def test_evaluate_command_runs_a_saved_model(tmp_path, capsys):
     model = next((out / "checkpoints").glob("model_*_steps.zip"))
     assert main(["evaluate", str(model), "--episodes", "1"]) == 0
     assert "1 episodes: return" in capsys.readouterr().out
+    assert main(["evaluate", str(model), "--episodes", "3"]) == 0
+    line = capsys.readouterr().out
+    mean = float(line.split("return ")[1].split(" ")[0])
+    low, high = (float(x) for x in line.split("CI [")[1].split("]")[0].split(", "))
+    assert low <= mean <= high  # the mean's bootstrap interval over the 3 episodes
     assert main(["evaluate", str(model.with_suffix("")), "--episodes", "1"]) == 0  # SB3's own name, without .zip
     assert main(["evaluate", str(out), "--episodes", "1"]) == 0  # a run directory: its newest checkpoint
     assert "1 episodes: return" in capsys.readouterr().out
