@@ -122,6 +122,8 @@ SETS["vector_utd"] = [(label, VECTOR, o, seed) for seed in (0, 1, 2) for label, 
 #: Eight gradient steps per env step with LayerNorm critics, up to bar 3's 40K frames only (twice UTD 4's cost).
 UTD8 = {"run": {**FAST["run"], "total_timesteps": 10000}, "td3": {"gradient_steps": 8}, "encoder": {"critic_layer_norm": True}}
 SETS["vector_utd8"] = [("UTD 8 + LayerNorm critic", VECTOR, UTD8, seed) for seed in (0, 1, 2)]
+#: Issue 21, bar 5: UTD 4 + LayerNorm critics rerun on a seed never used while choosing it (seeds 0-2 chose it).
+SETS["vector_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", VECTOR, UTD["UTD 4 + LayerNorm critic"], 7)]
 SETS["vector_baselines"] = [
     (label, VECTOR, {"run": FAST_BUDGET, "baseline": {"algorithm": algo}}, 0)  # SAC, CrossQ: no Polyak actor
     for label, algo in (("SB3 SAC", "SAC"), ("sb3-contrib CrossQ", "CrossQ"))
