@@ -51,6 +51,13 @@ class IntervalEstimate:
         return f"{self.value:.1f} [{self.low:.1f}, {self.high:.1f}]"
 
 
+def _percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    """:return: the central ``confidence`` interval of bootstrap ``draws`` (percentile method)"""
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 def stratified_bootstrap_iqm(
     scores: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> IntervalEstimate:
@@ -74,9 +81,8 @@ def stratified_bootstrap_iqm(
     cut = int(0.25 * runs * columns)
     ordered = np.sort(draws.reshape(reps, -1), axis=1)
     iqms = ordered[:, cut : runs * columns - cut].mean(axis=1)
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(iqms, [tail, 100.0 - tail])
-    return IntervalEstimate(value=interquartile_mean(matrix), low=float(low), high=float(high), n=runs)
+    low, high = _percentile_interval(iqms, confidence)
+    return IntervalEstimate(value=interquartile_mean(matrix), low=low, high=high, n=runs)
 
 
 def bootstrap_mean(
@@ -100,9 +106,8 @@ def bootstrap_mean(
         raise ValueError(f"bootstrap_mean: confidence={confidence} must be in (0, 1)")
     rng = np.random.default_rng(seed)
     draws = sample[rng.integers(0, sample.size, size=(reps, sample.size))].mean(axis=1)
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail])
-    return IntervalEstimate(value=float(sample.mean()), low=float(low), high=float(high), n=sample.size)
+    low, high = _percentile_interval(draws, confidence)
+    return IntervalEstimate(value=float(sample.mean()), low=low, high=high, n=sample.size)
 
 
 def paired_mean_difference(
