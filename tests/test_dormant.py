@@ -135,13 +135,15 @@ def test_without_a_conv_layer_or_a_critic_the_verdict_is_na_with_the_reason():
     callback = DormantUnitCallback(check_freq=10, n_samples=8)
     _learn(sac, callback, steps=60)
     assert callback.latest and callback.verdict().passed is None and "no conv layer" in callback.verdict().detail
+    assert not callback.verdict().applies  # nothing to judge on a vector: the run's verdict is not held back
+    assert DormantUnitCallback(check_freq=10).verdict().applies  # not measured yet: N/A for want of data
     assert any(p.startswith("actor.latent_pi") for p in callback.latest)  # SAC's actor measured too
 
     ppo = PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=32, batch_size=8, policy_kwargs={"net_arch": [8]})
     callback = DormantUnitCallback(check_freq=10)
     _learn(ppo, callback, steps=32)
     verdict = callback.verdict()
-    assert verdict.passed is None and "PPO has no critic and replay buffer" in verdict.detail
+    assert verdict.passed is None and "PPO has no critic and replay buffer" in verdict.detail and not verdict.applies
 
 
 @pytest.mark.parametrize(

@@ -334,6 +334,35 @@ def test_learning_row_needs_a_real_rise_not_standing_still(returns, reasons, pas
     assert row.passed is passed, row.detail
 
 
+@pytest.mark.parametrize(
+    ("passed", "applies", "verdict"),
+    [
+        ([True, None], [True, False], "PASS"),  # a check that cannot apply (a vector env's conv layer)
+        ([True, None], [True, True], "INCONCLUSIVE"),  # a check that lacked data
+        ([False, None], [True, False], "FAIL"),
+        ([None], [False], "INCONCLUSIVE"),  # nothing judged at all
+    ],
+)
+def test_a_check_that_cannot_apply_does_not_hold_the_verdict_back(passed, applies, verdict):
+    from sb3_carla_td3.validation.report import PhaseReport, Row
+
+    rows = [Row("m", "e", "-", p, applies=a) for p, a in zip(passed, applies, strict=True)]
+    report = PhaseReport("t", rows)
+    assert report.verdict == verdict and [row.status for row in rows] == [Row("m", "e", "-", p).status for p in passed]
+
+
+def test_a_vector_only_run_passes_with_its_conv_layer_row_not_applicable(tmp_path):
+    from sb3_carla_td3.validation.phases import phase3
+
+    vector, early = {"image_obs": False, "vector_obs": True}, {"variation_warmup_steps": 0}
+    report = phase3(tiny_config(env=vector, run={"total_timesteps": 300}, monitor=early), tmp_path)
+    *judged, dormant = report.rows
+    assert dormant.metric == "First conv layer: dormant channels (share)" and "no conv layer" in dormant.detail
+    assert (dormant.status, dormant.applies) == ("N/A", False)
+    assert [row.status for row in judged] == ["PASS"] * len(judged)
+    assert report.verdict == "PASS"  # was INCONCLUSIVE for every vector run: a row that cannot apply held it back
+
+
 def test_learning_row_is_not_judged_on_too_few_episodes():
     from sb3_carla_td3.validation.report import learning_row
 

@@ -93,7 +93,7 @@ class ActorVariationCallback(ActorCheckCallback):
         if self.latest is None:
             start = f"checks start {self.warmup_steps} env steps after learning_starts"
             detail = self.not_applicable or f"not checked yet ({start})"
-            return HealthVerdict(None, None, self.min_std, detail)
+            return HealthVerdict(None, None, self.min_std, detail, applies=self.not_applicable is None)
         if self.blind_at_step is not None:
             detail = (
                 f"blind from timestep {self.blind_at_step} (at every check for {self.patience_steps} env steps); "

@@ -285,8 +285,10 @@ class DormantUnitCallback(BaseCallback):
         if self.first_conv is None:
             if self.latest:
                 detail = "no conv layer to judge (dormant shares of the other layers are logged under dormant/)"
-            else:
-                detail = self.not_applicable or f"not measured yet (every {self.check_freq} env steps after learning_starts)"
+                return HealthVerdict(None, None, self.max_first_conv, detail, applies=False)
+            if self.not_applicable:
+                return HealthVerdict(None, None, self.max_first_conv, self.not_applicable, applies=False)
+            detail = f"not measured yet (every {self.check_freq} env steps after learning_starts)"
             return HealthVerdict(None, None, self.max_first_conv, detail)
         if self.dead_at_step is not None:
             detail = f"first conv layer dead from timestep {self.dead_at_step} (tau={self.tau:g})"

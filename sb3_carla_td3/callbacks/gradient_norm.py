@@ -92,7 +92,7 @@ def clip_verdict(name: str, max_norm: float | None, limit: float | None, rtol: f
         return HealthVerdict(None, None, limit, f"no {name} update was measured")
     if limit is None:
         detail = f"no clip limit to check against (max {name} gradient norm {max_norm:.4g}); set {name}_max_norm to judge it"
-        return HealthVerdict(None, max_norm, None, detail)
+        return HealthVerdict(None, max_norm, None, detail, applies=False)
     passed = math.isfinite(max_norm) and max_norm <= limit * (1 + rtol)
     relation = "within" if passed else "above"
     return HealthVerdict(passed, max_norm, limit, f"max {name} gradient norm {max_norm:.4g} {relation} {limit:g}")

@@ -99,7 +99,7 @@ class ActionSaturationCallback(ActorCheckCallback):
         if self.latest is None:
             start = f"checks start {self.warmup_steps} env steps after learning_starts"
             reason = self.not_applicable or f"no actor check ran ({start})"
-            return HealthVerdict(None, None, self.max_fraction, reason)
+            return HealthVerdict(None, None, self.max_fraction, reason, applies=self.not_applicable is None)
         if self.saturated_at_step is not None:
             detail = (
                 f"saturated from timestep {self.saturated_at_step} (at every check for {self.patience_steps} env steps); "

@@ -18,16 +18,19 @@ class TrainingHealthWarning(UserWarning):
 class HealthVerdict:
     """The outcome of one health criterion at the end of (or during) training.
 
-    :param passed: True (healthy), False (the criterion failed) or None (not enough data to judge)
+    :param passed: True (healthy), False (the criterion failed) or None (N/A: not enough data, or it cannot apply)
     :param value: the measured quantity, in the criterion's own unit; None when nothing was measured
     :param threshold: the limit ``value`` is judged against; None when no limit applies
     :param detail: one sentence with the numbers behind the outcome
+    :param applies: False when the criterion cannot apply to this model or env (no conv layer, no actor, no clip
+        limit): an N/A that leaves a run's verdict alone, where an N/A for want of data makes it INCONCLUSIVE
     """
 
     passed: bool | None
     value: float | None
     threshold: float | None
     detail: str
+    applies: bool = True
 
     def __str__(self) -> str:
         status = {True: "PASS", False: "FAIL", None: "N/A"}[self.passed]

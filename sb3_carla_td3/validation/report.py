@@ -20,9 +20,11 @@ class Row:
     :param metric: what is measured
     :param expected: the success criterion, in words
     :param measured: the measured value, formatted
-    :param passed: True, False, or None (not enough data)
+    :param passed: True, False, or None (N/A: not enough data, or the check cannot apply)
     :param previous: the broken system's value from the seed plan ("" when none)
     :param detail: one sentence with the numbers behind the status
+    :param applies: False for an N/A check that cannot apply to this run (no conv layer, no actor, no clip limit);
+        it does not count toward the verdict
     """
 
     metric: str
@@ -31,6 +33,7 @@ class Row:
     passed: bool | None
     previous: str = ""
     detail: str = ""
+    applies: bool = True
 
     @property
     def status(self) -> str:
@@ -56,10 +59,12 @@ class PhaseReport:
 
     @property
     def verdict(self) -> str:
-        """PASS when every row passed, FAIL when any failed, else INCONCLUSIVE."""
+        """FAIL when any row failed; PASS when every row that applies to the run passed (a vector env has no conv
+        layer to judge); INCONCLUSIVE when a row that applies had too little data."""
         if any(row.passed is False for row in self.rows):
             return "FAIL"
-        return "PASS" if all(row.passed for row in self.rows) else "INCONCLUSIVE"
+        judged = [row for row in self.rows if row.applies or row.passed is not None]
+        return "PASS" if judged and all(row.passed for row in judged) else "INCONCLUSIVE"
 
     def table(self) -> str:
         """The rows as a Markdown table."""
@@ -130,7 +135,7 @@ def phase1_rows(verdicts: dict[str, HealthVerdict], actor_clip: float | None, cr
 
     def row(key: str, metric: str, expected: str, previous: str) -> Row:
         verdict = verdicts[key]
-        return Row(metric, expected, fmt(verdict.value), verdict.passed, previous, verdict.detail)
+        return Row(metric, expected, fmt(verdict.value), verdict.passed, previous, verdict.detail, verdict.applies)
 
     saturation_expected = f"not above {fmt(verdicts['actor_saturation'].threshold)} for long"
     q = verdicts["q_bound"]
