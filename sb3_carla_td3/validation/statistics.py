@@ -44,7 +44,7 @@ class IntervalEstimate:
     value: float
     low: float
     high: float
-    #: rows the estimate came from: runs for an IQM, paired episodes for a difference
+    #: how many rows the estimate came from: runs for an IQM, episodes for a mean, track pairs for a difference
     n: int
 
     def __str__(self) -> str:
