@@ -294,10 +294,11 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
+def _evaluations(run_dir: Path, frames: int | None = None) -> list[dict[str, Any]]:
+    """:return: the run's evaluations, oldest first, up to ``frames`` physics frames (None: all)"""
     from sb3_carla_td3.validation.phases import load_evaluations
 
-    return load_evaluations(run_dir)
+    return [e for e in load_evaluations(run_dir) if frames is None or e["physics_frames"] <= frames]
 
 
 def _completed(run_dir: Path) -> bool:
@@ -346,7 +347,7 @@ def set_table(name: str, out: Path, frames: int | None = None) -> str:
     lasts, last_returns = [], []
     for label, file, _, seed in SETS[name]:
         run_dir = out / run_name(label, file, seed)
-        evaluations = [e for e in _evaluations(run_dir) if frames is None or e["physics_frames"] <= frames]
+        evaluations = _evaluations(run_dir, frames)
         if not evaluations:
             lines.append(f"| {label} | | | {seed} | not run | | | | |")
             continue
@@ -396,9 +397,7 @@ def churn_table(name: str, out: Path, frames: int | None = None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for label, file, _, seed in SETS[name]:
-        evaluations = [
-            e for e in _evaluations(out / run_name(label, file, seed)) if frames is None or e["physics_frames"] <= frames
-        ]
+        evaluations = _evaluations(out / run_name(label, file, seed), frames)
         for key, actor in (("returns", ""), ("polyak_returns", " (Polyak actor)")):
             swings = evaluation_swings(evaluations, key)
             if not swings:

@@ -24,7 +24,6 @@ ResizeObservation needs OpenCV (``pip install opencv-python-headless``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -97,7 +96,7 @@ def evaluate_saved(path: Path, algo: str, episodes: int, seed: int, polyak_actor
     """
     model = ALGORITHMS[algo].load(path, device="cpu")
     env = make_env(seed, train=False)
-    with acting_with_target_actor(cast("TD3Policy", model.policy)) if polyak_actor else contextlib.nullcontext():
+    with acting_with_target_actor(cast("TD3Policy", model.policy), enabled=polyak_actor):
         returns, _, _ = run_episodes(lambda obs: model.predict(obs, deterministic=True)[0], env, episodes, seed)
     env.close()
     actor = "Polyak-averaged actor" if polyak_actor else "actor"

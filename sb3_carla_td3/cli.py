@@ -8,9 +8,8 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from sb3_carla_td3.config import RunConfig, env_options_class, load_config
 from sb3_carla_td3.errors import CarlaConnectionError, ConfigError
@@ -195,6 +194,7 @@ def _print_report(report: PhaseReport, run_dir: Path, strict: bool) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from stable_baselines3.common.evaluation import evaluate_policy
 
+    from sb3_carla_td3.policies import acting_with_target_actor
     from sb3_carla_td3.td3_cnn import TD3CNN
     from sb3_carla_td3.validation.runner import CONFIG_FILE, make_vec_env
     from sb3_carla_td3.validation.statistics import bootstrap_mean
@@ -207,12 +207,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_carla(model_path, config, args.episodes, out, args.polyak_actor)
     env = make_vec_env(config, config.run.seed + 2000)
     model = TD3CNN.load(model_path, env=env, device="cpu")
-    with _acting_actor(model, args.polyak_actor):
+    with acting_with_target_actor(model.policy, enabled=args.polyak_actor):
         outcome = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
     returns, lengths = cast("tuple[list[float], list[int]]", outcome)
-    mean = sum(returns) / len(returns)
-    std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
     interval = bootstrap_mean(returns)  # a kept policy was picked on noisy evaluations: how sure is this number?
+    mean = interval.value
+    std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
     print(
         f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f} (mean's 95 % CI [{interval.low:.2f}, "
         f"{interval.high:.2f}]), length {sum(lengths) / len(lengths):.1f}"
@@ -220,17 +220,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _acting_actor(model: Any, polyak_actor: bool) -> AbstractContextManager[Any]:
-    """The Polyak-averaged actor acts within the block when asked (see ``acting_with_target_actor``)."""
-    from sb3_carla_td3.policies import acting_with_target_actor
-
-    return acting_with_target_actor(model.policy) if polyak_actor else nullcontext()
-
-
 def _evaluate_carla(model_path: Path, config: RunConfig, episodes: int, out: Path, polyak_actor: bool = False) -> int:
     """Deterministic episodes on the same seeded routes as the run's evaluations, scored as the CARLA Leaderboard
     scores them; the table is printed and written to ``out``/report.md and report.json."""
     from sb3_carla_td3.envs import make_env
+    from sb3_carla_td3.policies import acting_with_target_actor
     from sb3_carla_td3.td3_cnn import TD3CNN
     from sb3_carla_td3.validation.evaluation import EVAL_SEED_OFFSET, evaluation_options, run_episodes
     from sb3_carla_td3.validation.leaderboard import aggregate_scores, leaderboard_table
@@ -239,7 +233,7 @@ def _evaluate_carla(model_path: Path, config: RunConfig, episodes: int, out: Pat
     env = make_env("carla", evaluation_options(config.env.options))
     try:
         predict = lambda observation: model.predict(observation, deterministic=True)[0]  # noqa: E731
-        with _acting_actor(model, polyak_actor):
+        with acting_with_target_actor(model.policy, enabled=polyak_actor):
             returns, lengths, driving = run_episodes(predict, env, episodes, EVAL_SEED_OFFSET)
     finally:
         env.close()

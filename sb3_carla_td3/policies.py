@@ -257,7 +257,7 @@ class SharedEncoderMultiInputPolicy(SharedEncoderPolicy):
 
 
 @contextmanager
-def acting_with_target_actor(policy: TD3Policy) -> Iterator[TD3Policy]:
+def acting_with_target_actor(policy: TD3Policy, enabled: bool = True) -> Iterator[TD3Policy]:
     """Within the block, ``policy`` acts with its Polyak-averaged actor (``actor_target``) instead of ``actor``.
 
     TD3 keeps ``actor_target``, an exponential moving average of the actor's weights (rate ``tau``), for its TD target;
@@ -265,8 +265,12 @@ def acting_with_target_actor(policy: TD3Policy) -> Iterator[TD3Policy]:
     actor's encoder is averaged too; with the shared encoder it reads the online encoder, as it does in training.
 
     :param policy: a TD3 policy (SB3's or TD3CNN's)
+    :param enabled: False leaves the actor acting (a command's ``--polyak-actor`` flag passed straight through)
     :return: the same policy, swapped back on exit (also on an exception)
     """
+    if not enabled:
+        yield policy
+        return
     online, target = policy.actor, policy.actor_target
     policy.actor, policy.actor_target = target, online
     try:
