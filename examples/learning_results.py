@@ -124,6 +124,18 @@ UTD8 = {"run": {**FAST["run"], "total_timesteps": 10000}, "td3": {"gradient_step
 SETS["vector_utd8"] = [("UTD 8 + LayerNorm critic", VECTOR, UTD8, seed) for seed in (0, 1, 2)]
 #: Issue 21, bar 5: UTD 4 + LayerNorm critics rerun on a seed never used while choosing it (seeds 0-2 chose it).
 SETS["vector_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", VECTOR, UTD["UTD 4 + LayerNorm critic"], 7)]
+#: n-step TD targets (SB3's NStepReplayBuffer, 3 steps as in DrQ-v2): rewards reach the critic 3 env steps sooner, the
+#: lever DrQ-v2 leans on for sample efficiency; at UTD 1 and on UTD 4 + LayerNorm critics, up to bar 3's 40K frames.
+NSTEP_BUDGET = {"run": {**FAST["run"], "total_timesteps": 10000}}
+NSTEP = {
+    "UTD 1 + 3-step": {**NSTEP_BUDGET, "td3": {"n_steps": 3}},
+    "UTD 4 + LayerNorm critic + 3-step": {
+        **NSTEP_BUDGET,
+        "td3": {"gradient_steps": 4, "n_steps": 3},
+        "encoder": {"critic_layer_norm": True},
+    },
+}
+SETS["vector_nstep"] = [(label, VECTOR, o, seed) for label, o in NSTEP.items() for seed in (0, 1, 2)]
 SETS["vector_baselines"] = [
     (label, VECTOR, {"run": FAST_BUDGET, "baseline": {"algorithm": algo}}, 0)  # SAC, CrossQ: no Polyak actor
     for label, algo in (("SB3 SAC", "SAC"), ("sb3-contrib CrossQ", "CrossQ"))
