@@ -13,6 +13,10 @@ of a terminated or truncated episode) stays in its slot and the new stack starts
 of a Dict observation are stored once per slot in the same way, so the final next-vector is kept too. The ring holds
 ``buffer_size + buffer_size // 64 + frames + 1`` frames per env; a transition whose frames were overwritten (possible
 only with many very short episodes) is never sampled.
+
+With ``n_steps > 1`` both buffers return n-step samples exactly as SB3's ``NStepReplayBuffer`` does (the discounted
+reward sum up to the first episode end, next_obs and done of the window's last transition, ``discounts`` =
+``gamma ** steps``): the window is a run of stored transitions, so it needs no extra memory.
 """
 
 from __future__ import annotations
@@ -78,7 +82,14 @@ class _FrameStackBuffer:
         frames: int,
         image_shape: tuple[int, int, int],
         vector_specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+        n_steps: int,
+        gamma: float,
     ) -> None:
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
+            raise ValueError(f"n_steps must be an int >= 1 (1: one-step TD targets), got {n_steps!r}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1] (the discount of the n-step returns), got {gamma!r}")
+        self.n_steps, self.gamma = int(n_steps), float(gamma)
         if optimize_memory_usage:
             raise ValueError(
                 f"optimize_memory_usage={optimize_memory_usage!r} is not supported by {type(self).__name__}, which "
@@ -243,26 +254,60 @@ class _FrameStackBuffer:
             redo[redo] = ~self._sampleable(batch_inds[redo], env_indices[redo])
         return self._get_samples(batch_inds, env=env, env_indices=env_indices)  # type: ignore[attr-defined]
 
+    def _stack(self, batch_inds: np.ndarray, env_indices: np.ndarray, first: int) -> np.ndarray:
+        """The frame stacks of the given transitions: their obs (``first=0``) or their next_obs (``first=1``)."""
+        cap = self.capacity
+        g = self.gid[batch_inds, env_indices]
+        offsets = self.offsets[first : first + self.frames]
+        before_start = offsets < -self.hist[batch_inds, env_indices].astype(np.int64)[:, None]
+        rows = np.where(before_start, cap, (g[:, None] + offsets) % cap) + (env_indices * (cap + 1))[:, None]
+        return np.take(self.frame_data, rows.ravel(), axis=0).reshape(len(batch_inds), *self.image_shape)
+
+    def _n_step_window(
+        self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """SB3's ``NStepReplayBuffer`` arithmetic on the stored transitions.
+
+        :return: the position of each window's last transition, the (normalized) discounted reward sums ``(n, 1)``
+            and the bootstrap discounts ``gamma ** steps`` ``(n, 1)`` (None for one-step samples)
+        """
+        if self.n_steps == 1:
+            rewards = self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env)  # type: ignore[attr-defined]
+            return batch_inds, rewards, None
+        timeouts = self.timeouts.copy()  # the newest transition ends every window: the slot after it is the oldest
+        newest = self.pos - 1
+        timeouts[newest] = np.logical_or(timeouts[newest], np.logical_not(self.dones[newest]))
+        window = (batch_inds[:, None] + np.arange(self.n_steps)) % self.buffer_size
+        ends = np.logical_or(self.dones[window, env_indices[:, None]], timeouts[window, env_indices[:, None]])
+        steps_to_end = np.where(ends.any(axis=1), ends.argmax(axis=1), self.n_steps - 1)
+        inside = np.arange(self.n_steps) <= steps_to_end[:, None]
+        rewards = self._normalize_reward(self.rewards[window, env_indices[:, None]], env)  # type: ignore[attr-defined]
+        returns = (rewards * self.gamma ** np.arange(self.n_steps, dtype=np.float32) * inside).sum(axis=1, keepdims=True)
+        discounts = self.gamma ** inside.sum(axis=1, keepdims=True).astype(np.float32)
+        return (batch_inds + steps_to_end) % self.buffer_size, returns.astype(np.float32), discounts
+
     def _gather(
         self, batch_inds: np.ndarray, env_indices: np.ndarray | None, env: VecNormalize | None
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], tuple[th.Tensor, ...]]:
-        """Rebuild obs and next_obs (images and vectors, numpy) and the actions, dones and rewards (tensors)."""
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], tuple[th.Tensor | None, ...]]:
+        """Rebuild obs and next_obs (images and vectors, numpy) and the actions, dones, rewards and discounts (tensors;
+        discounts None for one-step samples). With ``n_steps > 1``, next_obs and done are those of each window's last
+        transition."""
         if env_indices is None:  # the same draw as SB3's _get_samples
             env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         if not self._sampleable(batch_inds, env_indices).all():
             raise ValueError("batch_inds/env_indices name transitions whose frames were overwritten; see sampleable_mask()")
-        cap, n = self.capacity, len(batch_inds)
-        g = self.gid[batch_inds, env_indices]
-        before_start = self.offsets < -self.hist[batch_inds, env_indices].astype(np.int64)[:, None]
-        rows = np.where(before_start, cap, (g[:, None] + self.offsets) % cap) + (env_indices * (cap + 1))[:, None]
-        image = np.take(self.frame_data, rows[:, :-1].ravel(), axis=0).reshape(n, *self.image_shape)
-        next_image = np.take(self.frame_data, rows[:, 1:].ravel(), axis=0).reshape(n, *self.image_shape)
+        last, rewards, discounts = self._n_step_window(batch_inds, env_indices, env)
+        cap = self.capacity
+        g, g_last = self.gid[batch_inds, env_indices], self.gid[last, env_indices]
+        image, next_image = self._stack(batch_inds, env_indices, 0), self._stack(last, env_indices, 1)
         vectors = {k: arr[env_indices, g % cap] for k, arr in self.vector_data.items()}
-        next_vectors = {k: arr[env_indices, (g + 1) % cap] for k, arr in self.vector_data.items()}
-        dones = self.dones[batch_inds, env_indices] * (1 - self.timeouts[batch_inds, env_indices])  # as SB3
-        rewards = self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env)  # type: ignore[attr-defined]
-        arrays = (self.actions[batch_inds, env_indices], dones.reshape(-1, 1), rewards)
-        return image, next_image, vectors, next_vectors, tuple(self.to_torch(a, copy=False) for a in arrays)  # type: ignore[attr-defined]
+        next_vectors = {k: arr[env_indices, (g_last + 1) % cap] for k, arr in self.vector_data.items()}
+        dones = self.dones[last, env_indices] * (1 - self.timeouts[last, env_indices])  # as SB3
+        tensors = tuple(
+            None if a is None else self.to_torch(a, copy=False)  # type: ignore[attr-defined]
+            for a in (self.actions[batch_inds, env_indices], dones.reshape(-1, 1), rewards, discounts)
+        )
+        return image, next_image, vectors, next_vectors, tensors
 
 
 class FrameStackReplayBuffer(_FrameStackBuffer, ReplayBuffer):
@@ -280,6 +325,8 @@ class FrameStackReplayBuffer(_FrameStackBuffer, ReplayBuffer):
     :param handle_timeout_termination: treat ``infos[i]["TimeLimit.truncated"]`` as truncation, not termination
     :param frames: number of stacked frames (``n_stack`` of ``VecFrameStack``)
     :param image_key: ignored (the observation is the image); accepted so both buffers take the same kwargs
+    :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` (1: one-step samples, ``discounts`` None)
+    :param gamma: discount of the n-step returns
     """
 
     def __init__(
@@ -293,10 +340,14 @@ class FrameStackReplayBuffer(_FrameStackBuffer, ReplayBuffer):
         handle_timeout_termination: bool = True,
         frames: int = 4,
         image_key: str = "image",
+        n_steps: int = 1,
+        gamma: float = 0.99,
     ) -> None:
         image_shape = _frame_stack_shape(observation_space, frames, "observation_space")
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
-        self._setup(action_space, optimize_memory_usage, handle_timeout_termination, frames, image_shape, {})
+        self._setup(
+            action_space, optimize_memory_usage, handle_timeout_termination, frames, image_shape, {}, n_steps, gamma
+        )
 
     def add(
         self,
@@ -329,9 +380,9 @@ class FrameStackReplayBuffer(_FrameStackBuffer, ReplayBuffer):
         :param env_indices: env of each position; drawn at random like SB3 when None
         :return: SB3's ``ReplayBufferSamples``
         """
-        obs, next_obs, _, _, (actions, dones, rewards) = self._gather(batch_inds, env_indices, env)
+        obs, next_obs, _, _, (actions, dones, rewards, discounts) = self._gather(batch_inds, env_indices, env)
         obs_t, next_t = (self.to_torch(cast(np.ndarray, self._normalize_obs(o, env)), copy=False) for o in (obs, next_obs))
-        return ReplayBufferSamples(obs_t, actions, next_t, dones, rewards)
+        return ReplayBufferSamples(obs_t, actions, next_t, dones, rewards, discounts)  # type: ignore[arg-type]
 
 
 class DictFrameStackReplayBuffer(_FrameStackBuffer, DictReplayBuffer):
@@ -349,6 +400,8 @@ class DictFrameStackReplayBuffer(_FrameStackBuffer, DictReplayBuffer):
     :param handle_timeout_termination: treat ``infos[i]["TimeLimit.truncated"]`` as truncation, not termination
     :param frames: number of stacked frames (``n_stack`` of ``VecFrameStack``)
     :param image_key: the key of the frame-stacked image
+    :param n_steps: n-step returns as SB3's ``NStepReplayBuffer`` (1: one-step samples, ``discounts`` None)
+    :param gamma: discount of the n-step returns
     """
 
     def __init__(
@@ -362,6 +415,8 @@ class DictFrameStackReplayBuffer(_FrameStackBuffer, DictReplayBuffer):
         handle_timeout_termination: bool = True,
         frames: int = 4,
         image_key: str = "image",
+        n_steps: int = 1,
+        gamma: float = 0.99,
     ) -> None:
         if not isinstance(observation_space, spaces.Dict) or image_key not in observation_space.spaces:
             raise ValueError(f"observation_space must be a Dict with the image key {image_key!r}, got {observation_space!r}")
@@ -376,7 +431,9 @@ class DictFrameStackReplayBuffer(_FrameStackBuffer, DictReplayBuffer):
             vector_specs[key] = (tuple(sub.shape), dtype)
         self.image_key = image_key
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
-        self._setup(action_space, optimize_memory_usage, handle_timeout_termination, frames, image_shape, vector_specs)
+        self._setup(
+            action_space, optimize_memory_usage, handle_timeout_termination, frames, image_shape, vector_specs, n_steps, gamma
+        )
 
     def _split(self, obs: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not isinstance(obs, dict) or set(obs) != set(self.observation_space.spaces):
@@ -422,13 +479,16 @@ class DictFrameStackReplayBuffer(_FrameStackBuffer, DictReplayBuffer):
         :param env_indices: env of each position; drawn at random like SB3 when None
         :return: SB3's ``DictReplayBufferSamples``
         """
-        image, next_image, vectors, next_vectors, (actions, dones, rewards) = self._gather(batch_inds, env_indices, env)
+        image, next_image, vectors, next_vectors, (actions, dones, rewards, discounts) = self._gather(
+            batch_inds, env_indices, env
+        )
         obs_t, next_t = (
             {k: self.to_torch(v, copy=False) for k, v in self._normalize_obs(o, env).items()}  # type: ignore[union-attr]
             for o in ({self.image_key: image, **vectors}, {self.image_key: next_image, **next_vectors})
         )
         keys = list(self.observation_space.spaces)
-        return DictReplayBufferSamples({k: obs_t[k] for k in keys}, actions, {k: next_t[k] for k in keys}, dones, rewards)
+        obs_d, next_d = {k: obs_t[k] for k in keys}, {k: next_t[k] for k in keys}
+        return DictReplayBufferSamples(obs_d, actions, next_d, dones, rewards, discounts)  # type: ignore[arg-type]
 
 
 def detect_frame_stack(env: VecEnv) -> int | None:

@@ -311,13 +311,14 @@ class TD3CNN(TD3):
         )
 
     def _setup_model(self) -> None:
-        if self.n_steps > 1 and isinstance(self.observation_space, spaces.Dict):
-            raise ValueError(
-                f"n_steps={self.n_steps} is not supported for Dict observations (SB3 has no n-step Dict replay "
-                f"buffer), got {self.observation_space}; pass n_steps=1"
-            )
         self._pass_frames_to_extractor()
         self._choose_replay_buffer()
+        if self.n_steps > 1 and isinstance(self.observation_space, spaces.Dict) and self.replay_buffer_class is None:
+            raise ValueError(
+                f"n_steps={self.n_steps} is not supported for these Dict observations: SB3 has no n-step Dict replay "
+                f"buffer, and this library's (DictFrameStackReplayBuffer) needs a frame-stacked image key, got "
+                f"{self.observation_space}; wrap the env in VecFrameStack or pass n_steps=1"
+            )
         if self.batch_size is None:
             self.batch_size = IMAGE_BATCH_SIZE if _has_image(self.observation_space) else VECTOR_BATCH_SIZE
         self._fit_replay_buffer()
@@ -325,7 +326,10 @@ class TD3CNN(TD3):
             n_actions = int(np.prod(self.action_space.shape or (1,)))
             sigma = np.full(n_actions, DEFAULT_EXPLORATION_NOISE)
             self.action_noise, self._auto_noise = NormalActionNoise(np.zeros(n_actions), sigma), False
-        super()._setup_model()
+        with warnings.catch_warnings():
+            if self.n_steps > 1 and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:  # given to our buffer
+                warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored because a custom")
+            super()._setup_model()
         loaded: Any = self.last_train_stats
         if isinstance(loaded, dict):  # a 0.1.0 checkpoint kept the statistics as a dict keyed by field name
             self.last_train_stats = TrainStats.from_record(loaded) if loaded else None
@@ -395,15 +399,10 @@ class TD3CNN(TD3):
                     "wrap the env in VecFrameStack, pass features_extractor_kwargs frames=N, or use replay_buffer='auto'"
                 )
             return
-        if self.n_steps > 1:
-            raise ValueError(
-                f"n_steps={self.n_steps} needs SB3's NStepReplayBuffer, which stores whole observations; the "
-                f"frame-stack replay buffer chosen for these {frames}-frame observations does not compute n-step "
-                "returns. Pass n_steps=1, or replay_buffer='sb3' (Box images only: SB3 has no n-step Dict buffer)"
-            )
         is_dict = isinstance(self.observation_space, spaces.Dict)
         self.replay_buffer_class = DictFrameStackReplayBuffer if is_dict else FrameStackReplayBuffer
-        self.replay_buffer_kwargs = {"frames": frames, **self.replay_buffer_kwargs}
+        n_step = {"n_steps": self.n_steps, "gamma": self.gamma} if self.n_steps > 1 else {}
+        self.replay_buffer_kwargs = {"frames": frames, **n_step, **self.replay_buffer_kwargs}
 
     def _fit_replay_buffer(self) -> None:
         """Choose ``buffer_size`` when it is None (SB3's 1M transitions, or as many as half the available memory holds),

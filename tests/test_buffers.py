@@ -13,7 +13,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import TD3
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
@@ -198,6 +198,70 @@ def test_dict_samples_match_sb3_before_wrap_around() -> None:
     record(venv, 60, [sb3, ours])
     assert ours.sampleable_mask().all()
     assert_equivalent(sb3, ours)
+
+
+def assert_n_step_equivalent(sb3: NStepReplayBuffer, ours: FrameStackReplayBuffer) -> None:
+    batch_inds, env_indices = all_sampleable(ours)
+    expected = sb3_samples(sb3, batch_inds, env_indices)
+    actual = ours._get_samples(batch_inds, env_indices=env_indices)
+    for field in ("observations", "next_observations", "actions", "rewards", "dones", "discounts"):
+        assert_same(getattr(expected, field), getattr(actual, field))
+    assert th.unique(actual.discounts).numel() > 1  # windows cut short by episode ends beside whole ones
+
+
+@pytest.mark.parametrize("n_steps", [2, 3, 6])
+def test_n_step_box_samples_match_sb3_n_step_buffer_with_wrap_around(n_steps: int) -> None:
+    venv = make_venv([MIXED, OTHER])  # episodes of 3-9 steps: windows end at terminations, truncations and the newest
+    sb3 = NStepReplayBuffer(64, venv.observation_space, venv.action_space, "cpu", n_envs=2, n_steps=n_steps, gamma=0.9)
+    ours = FrameStackReplayBuffer(
+        64, venv.observation_space, venv.action_space, "cpu", n_envs=2, frames=FRAMES, n_steps=n_steps, gamma=0.9
+    )
+    record(venv, 150, [sb3, ours])
+    assert ours.full and ours.pos == sb3.pos
+    assert_n_step_equivalent(sb3, ours)
+
+
+def test_n_step_box_samples_match_sb3_before_wrap_around() -> None:
+    venv = make_venv([MIXED])
+    sb3 = NStepReplayBuffer(100, venv.observation_space, venv.action_space, "cpu", n_steps=3, gamma=0.9)
+    ours = FrameStackReplayBuffer(100, sb3.observation_space, sb3.action_space, "cpu", frames=FRAMES, n_steps=3, gamma=0.9)
+    record(venv, 60, [sb3, ours])
+    assert_n_step_equivalent(sb3, ours)
+
+
+def test_n_step_dict_samples_match_the_box_buffer_and_keep_the_window_end_vector() -> None:
+    """SB3 has no n-step Dict buffer: the image, rewards, dones and discounts must equal the n-step Box samples of the
+    same episodes, and each next vector must belong to the same step as its next image (both encode the counter)."""
+    box_venv, dict_venv = make_venv([MIXED, OTHER]), make_venv([MIXED, OTHER], dict_obs=True)
+    box = FrameStackReplayBuffer(
+        64, box_venv.observation_space, box_venv.action_space, "cpu", n_envs=2, frames=FRAMES, n_steps=3, gamma=0.9
+    )
+    ours = DictFrameStackReplayBuffer(
+        64, dict_venv.observation_space, dict_venv.action_space, "cpu", n_envs=2, frames=FRAMES, n_steps=3, gamma=0.9
+    )
+    record(box_venv, 150, [box])
+    record(dict_venv, 150, [ours])
+    batch_inds, env_indices = all_sampleable(ours)
+    expected = box._get_samples(batch_inds, env_indices=env_indices)
+    actual = ours._get_samples(batch_inds, env_indices=env_indices)
+    assert_same(expected.observations, actual.observations["image"])
+    assert_same(expected.next_observations, actual.next_observations["image"])
+    for field in ("actions", "rewards", "dones", "discounts"):
+        assert_same(getattr(expected, field), getattr(actual, field))
+    newest = actual.next_observations["image"][:, -CHANNELS].long()
+    counter = newest[:, 0, 0] + 256 * newest[:, 0, 1]
+    assert th.equal(th.round(actual.next_observations["vec"][:, -3] * 7).long(), counter)  # VecFrameStack: newest last
+    one_step = DictFrameStackReplayBuffer(64, dict_venv.observation_space, dict_venv.action_space, "cpu", n_envs=2)
+    record(make_venv([MIXED, OTHER], dict_obs=True), 150, [one_step])
+    plain = one_step._get_samples(batch_inds, env_indices=env_indices)
+    assert plain.discounts is None and not th.equal(plain.next_observations["vec"], actual.next_observations["vec"])
+
+
+@pytest.mark.parametrize(("n_steps", "gamma"), [(0, 0.99), (2.5, 0.99), (True, 0.99), (3, 0.0), (3, 1.5)])
+def test_invalid_n_step_arguments_raise(n_steps: Any, gamma: float) -> None:
+    space = make_venv([MIXED]).observation_space
+    with pytest.raises(ValueError, match=r"n_steps must be an int >= 1|gamma must be in"):
+        FrameStackReplayBuffer(10, space, spaces.Box(-1, 1, (ACTION_DIM,)), "cpu", frames=FRAMES, n_steps=n_steps, gamma=gamma)
 
 
 def test_reset_without_done_starts_a_new_segment() -> None:

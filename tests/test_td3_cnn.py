@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -322,15 +323,35 @@ def test_preact_penalty_pulls_a_saturated_actor_off_its_plateau(encoder):
     assert results[10.0] < 0.1 * results[0.0], results
 
 
-def test_n_steps_on_a_frame_stack_names_the_buffer_and_the_way_out():
-    with pytest.raises(ValueError, match=r"n_steps=3 needs SB3's NStepReplayBuffer.*replay_buffer='sb3'"):
-        make_model(n_steps=3, replay_buffer="frame_stack", policy_kwargs={"features_extractor_kwargs": {"frames": 4}})
-
-
-def test_n_steps_with_dict_observations_raises_instead_of_an_assertion():
+@pytest.mark.parametrize("dict_obs", [False, True])
+def test_n_steps_on_a_frame_stack_uses_the_frame_buffer_and_survives_save_load(dict_obs, tmp_path):
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
     from test_policies import TinyDictEnv
 
-    with pytest.raises(ValueError, match="n_steps=3 is not supported for Dict observations"):
+    from sb3_carla_td3.buffers import DictFrameStackReplayBuffer, FrameStackReplayBuffer
+
+    env = VecFrameStack(DummyVecEnv([TinyDictEnv if dict_obs else lambda: make_image_env(channels=2)]), 2)
+    tiny = {"net_arch": [8], "features_extractor_kwargs": dict(TINY_ENCODER)}
+    kwargs = {"n_steps": 3, "gamma": 0.9, "buffer_size": 200, "learning_starts": 20, "batch_size": 8, "device": "cpu"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SB3's "n_steps is ignored because a custom replay_buffer_class" must not fire
+        model = TD3CNN("MultiInputPolicy" if dict_obs else "CnnPolicy", env, policy_kwargs=tiny, seed=0, **kwargs)
+        buffer = model.replay_buffer
+        assert type(buffer) is (DictFrameStackReplayBuffer if dict_obs else FrameStackReplayBuffer)
+        assert (buffer.n_steps, buffer.gamma, buffer.frames) == (3, 0.9, 2)
+        model.learn(60)
+        assert model._n_updates > 0
+        samples = buffer.sample(64)
+        assert samples.discounts is not None and th.unique(samples.discounts).numel() > 1  # whole and cut windows
+        model.save(tmp_path / "m.zip")
+        loaded = TD3CNN.load(tmp_path / "m.zip", env=env, device="cpu")
+    assert type(loaded.replay_buffer) is type(buffer) and loaded.replay_buffer.n_steps == 3
+
+
+def test_n_steps_with_dict_observations_without_a_frame_stack_names_the_way_out():
+    from test_policies import TinyDictEnv
+
+    with pytest.raises(ValueError, match=r"n_steps=3 is not supported for these Dict observations.*VecFrameStack"):
         TD3CNN("MultiInputPolicy", TinyDictEnv(), n_steps=3, buffer_size=100, device="cpu")
 
 

@@ -77,7 +77,7 @@ class TD3Config:
     augment_pad: int = 4
     """Largest random shift in pixels (DrQ-v2: 4 at 84 px)."""
     n_steps: int = 1
-    """n-step TD targets (SB3's NStepReplayBuffer; vector or single-frame Box observations only); 1: plain TD."""
+    """n-step TD targets (SB3's NStepReplayBuffer arithmetic; frame stacks through this library's buffers); 1: plain TD."""
     train_freq: int = 1
     """Env steps between training calls."""
     gradient_steps: int = 1
