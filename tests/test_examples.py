@@ -162,6 +162,23 @@ def test_learning_results_seed_tables_report_iqm_with_its_interval(tmp_path):
     assert f"**{iqm}**" in rows[-1]
 
 
+def test_learning_results_comparison_tables_report_each_labels_iqm(tmp_path):
+    from sb3_carla_td3.validation.phases import EVALUATIONS_FILE
+
+    results = load_example("learning_results")
+    for i, (label, file, _, seed) in enumerate(results.SETS["vector_nstep"][:4]):  # UTD 1 + 3-step s0-s2, UTD 4 s0
+        path = tmp_path / results.run_name(label, file, seed) / EVALUATIONS_FILE
+        path.parent.mkdir(parents=True)
+        returns = [100.0 * i + t for t in (0.0, 10.0, 20.0, 30.0)]
+        evaluation = {"timestep": 10000, "physics_frames": 40000, "returns": returns, "lengths": [250] * 4,
+                      "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns))}  # fmt: skip
+        path.write_text(json.dumps({"evaluations": [evaluation]}))
+    summary = [row for row in results.set_table("vector_nstep", tmp_path).splitlines() if row.startswith("| **")]
+    assert len(summary) == 2  # one label with 3 seeds: its mean and IQM; the other label has 1 seed: no summary
+    assert summary[0].startswith("| **UTD 1 + 3-step: mean over runs** | | | | | **115.0 ± 81.6** |")
+    assert summary[1].startswith("| **UTD 1 + 3-step: IQM [95 % CI]** (runs × 4 episodes")
+
+
 def test_learning_results_churn_table_tells_a_real_drop_from_a_reshuffle(tmp_path):
     from sb3_carla_td3.validation.phases import EVALUATIONS_FILE
 
