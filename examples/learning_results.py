@@ -150,6 +150,8 @@ CAMERA_UTD = {
 }
 SETS["camera_utd"] = [("UTD 4 + LayerNorm critic", CAMERA, CAMERA_UTD, seed) for seed in (0, 1, 2)]
 SETS["camera_utd_vs_recipe"] = SETS["camera"] + SETS["camera_utd"]
+#: Issue 21, bar 5: the same on seed 7, never used while choosing it.
+SETS["camera_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", CAMERA, CAMERA_UTD, 7)]
 #: 3-step TD targets on top (the frame-stack buffer's n-step windows), after they sped up the vector loop.
 CAMERA_NSTEP = {**CAMERA_UTD, "td3": {**CAMERA_UTD["td3"], "n_steps": 3}}
 SETS["camera_nstep"] = [("UTD 4 + LayerNorm critic + 3-step", CAMERA, CAMERA_NSTEP, seed) for seed in (0, 1, 2)]
