@@ -124,6 +124,11 @@ UTD8 = {"run": {**FAST["run"], "total_timesteps": 10000}, "td3": {"gradient_step
 SETS["vector_utd8"] = [("UTD 8 + LayerNorm critic", VECTOR, UTD8, seed) for seed in (0, 1, 2)]
 #: Issue 21, bar 5: UTD 4 + LayerNorm critics rerun on a seed never used while choosing it (seeds 0-2 chose it).
 SETS["vector_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", VECTOR, UTD["UTD 4 + LayerNorm critic"], 7)]
+#: Churn: LayerNorm critics without more updates (UTD 1), beside UTD 1 and UTD 4 with and without them, 80K frames;
+#: on the vector a drop of more than 150 points is real (a 10-track swing is known to +-28).
+UTD1_LN = {**FAST, "encoder": {"critic_layer_norm": True}}
+SETS["vector_layernorm"] = [("UTD 1 + LayerNorm critic", VECTOR, UTD1_LN, seed) for seed in (0, 1, 2)]
+SETS["vector_layernorm_churn"] = SETS["vector_utd"] + SETS["vector_layernorm"]
 #: n-step TD targets (SB3's NStepReplayBuffer, 3 steps as in DrQ-v2): rewards reach the critic 3 env steps sooner, the
 #: lever DrQ-v2 leans on for sample efficiency; at UTD 1 and on UTD 4 + LayerNorm critics, up to bar 3's 40K frames.
 NSTEP_BUDGET = {"run": {**FAST["run"], "total_timesteps": 10000}}
