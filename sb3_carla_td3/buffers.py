@@ -274,14 +274,13 @@ class _FrameStackBuffer:
         if self.n_steps == 1:
             rewards = self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env)  # type: ignore[attr-defined]
             return batch_inds, rewards, None
-        timeouts = self.timeouts.copy()  # the newest transition ends every window: the slot after it is the oldest
-        newest = self.pos - 1
-        timeouts[newest] = np.logical_or(timeouts[newest], np.logical_not(self.dones[newest]))
         window = (batch_inds[:, None] + np.arange(self.n_steps)) % self.buffer_size
-        ends = np.logical_or(self.dones[window, env_indices[:, None]], timeouts[window, env_indices[:, None]])
+        envs = env_indices[:, None]
+        newest = window == (self.pos - 1) % self.buffer_size  # ends every window: the slot after it is the oldest
+        ends = self.dones[window, envs].astype(bool) | self.timeouts[window, envs].astype(bool) | newest
         steps_to_end = np.where(ends.any(axis=1), ends.argmax(axis=1), self.n_steps - 1)
         inside = np.arange(self.n_steps) <= steps_to_end[:, None]
-        rewards = self._normalize_reward(self.rewards[window, env_indices[:, None]], env)  # type: ignore[attr-defined]
+        rewards = self._normalize_reward(self.rewards[window, envs], env)  # type: ignore[attr-defined]
         returns = (rewards * self.gamma ** np.arange(self.n_steps, dtype=np.float32) * inside).sum(axis=1, keepdims=True)
         discounts = self.gamma ** inside.sum(axis=1, keepdims=True).astype(np.float32)
         return (batch_inds + steps_to_end) % self.buffer_size, returns.astype(np.float32), discounts
