@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
 
 from benchmarks._report import BENCHMARKS_MD, machine_line, markdown_table, write_section
 from sb3_carla_td3.buffers import DictFrameStackReplayBuffer, FrameStackReplayBuffer
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> str:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
 
-    frame_stack = {"frames": FRAMES}
+    frame_stack, n_step = {"frames": FRAMES}, {"n_steps": 3, "gamma": 0.99}
     box = {
         "SB3 ReplayBuffer (default)": (ReplayBuffer, {}),
         "SB3 ReplayBuffer, optimize_memory_usage (no timeout handling)": (
@@ -180,10 +180,16 @@ def main(argv: list[str] | None = None) -> str:
             {"optimize_memory_usage": True, "handle_timeout_termination": False},
         ),
         "FrameStackReplayBuffer": (FrameStackReplayBuffer, frame_stack),
+        "SB3 NStepReplayBuffer, n_steps=3": (NStepReplayBuffer, n_step),
+        "FrameStackReplayBuffer, n_steps=3": (FrameStackReplayBuffer, {**frame_stack, **n_step}),
     }
     dict_ = {
         "SB3 DictReplayBuffer (default)": (DictReplayBuffer, {}),
         "DictFrameStackReplayBuffer": (DictFrameStackReplayBuffer, frame_stack),
+        "DictFrameStackReplayBuffer, n_steps=3 (SB3 has no n-step Dict buffer)": (
+            DictFrameStackReplayBuffer,
+            {**frame_stack, **n_step},
+        ),
     }
     box_results = measure_group(box, args.size, args.batch, args.reps, with_vector=False)
     dict_results = measure_group(dict_, args.size, args.batch, args.reps, with_vector=True)
