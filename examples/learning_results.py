@@ -130,10 +130,12 @@ UTD1_LN = {**FAST, "encoder": {"critic_layer_norm": True}}
 SETS["vector_layernorm"] = [("UTD 1 + LayerNorm critic", VECTOR, UTD1_LN, seed) for seed in (0, 1, 2)]
 SETS["vector_layernorm_churn"] = SETS["vector_utd"] + SETS["vector_layernorm"]
 #: n-step TD targets (SB3's NStepReplayBuffer, 3 steps as in DrQ-v2): rewards reach the critic 3 env steps sooner, the
-#: lever DrQ-v2 leans on for sample efficiency; at UTD 1 and on UTD 4 + LayerNorm critics, up to bar 3's 40K frames.
+#: lever DrQ-v2 leans on for sample efficiency; at UTD 1 (with and without LayerNorm critics) and on UTD 4 + LayerNorm
+#: critics, up to bar 3's 40K frames.
 NSTEP_BUDGET = {"run": {**FAST["run"], "total_timesteps": 10000}}
 NSTEP = {
     "UTD 1 + 3-step": {**NSTEP_BUDGET, "td3": {"n_steps": 3}},
+    "UTD 1 + LayerNorm critic + 3-step": {**NSTEP_BUDGET, "td3": {"n_steps": 3}, "encoder": {"critic_layer_norm": True}},
     "UTD 4 + LayerNorm critic + 3-step": {
         **NSTEP_BUDGET,
         "td3": {"gradient_steps": 4, "n_steps": 3},
