@@ -166,7 +166,7 @@ def test_learning_results_comparison_tables_report_each_labels_iqm(tmp_path):
     from sb3_carla_td3.validation.phases import EVALUATIONS_FILE
 
     results = load_example("learning_results")
-    for i, (label, file, _, seed) in enumerate(results.SETS["vector_nstep"][:4]):  # UTD 1 + 3-step s0-s2, UTD 4 s0
+    for i, (label, file, _, seed) in enumerate(results.SETS["vector_nstep"][:4]):  # one label s0-s2, the next s0
         path = tmp_path / results.run_name(label, file, seed) / EVALUATIONS_FILE
         path.parent.mkdir(parents=True)
         returns = [100.0 * i + t for t in (0.0, 10.0, 20.0, 30.0)]
