@@ -317,7 +317,7 @@ class TD3CNN(TD3):
             raise ValueError(
                 f"n_steps={self.n_steps} is not supported for these Dict observations: SB3 has no n-step Dict replay "
                 f"buffer, and this library's (DictFrameStackReplayBuffer) needs a frame-stacked image key, got "
-                f"{self.observation_space}; wrap the env in VecFrameStack or pass n_steps=1"
+                f"{self.observation_space}; wrap the env in VecFrameStack (with replay_buffer='auto') or pass n_steps=1"
             )
         if self.batch_size is None:
             self.batch_size = IMAGE_BATCH_SIZE if _has_image(self.observation_space) else VECTOR_BATCH_SIZE
