@@ -162,6 +162,8 @@ SETS["camera_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", CAMERA, CAMERA_UT
 #: LayerNorm critics at UTD 1 on the camera recipe (free at UTD 1; on the vector they cut real churn from 7 drops to 1).
 CAMERA_LN = {"encoder": {"critic_layer_norm": True}}
 SETS["camera_layernorm"] = [("UTD 1 + LayerNorm critic", CAMERA, CAMERA_LN, seed) for seed in (0, 1, 2)]
+SETS["camera_layernorm_unseen_seed"] = [("UTD 1 + LayerNorm critic", CAMERA, CAMERA_LN, 7)]
+SETS["camera_layernorm_vs_recipe"] = SETS["camera"] + SETS["camera_layernorm"]
 #: 3-step TD targets on top (the frame-stack buffer's n-step windows), after they sped up the vector loop.
 CAMERA_NSTEP = {**CAMERA_UTD, "td3": {**CAMERA_UTD["td3"], "n_steps": 3}}
 SETS["camera_nstep"] = [("UTD 4 + LayerNorm critic + 3-step", CAMERA, CAMERA_NSTEP, seed) for seed in (0, 1, 2)]
