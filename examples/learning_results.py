@@ -113,21 +113,22 @@ SETS["own_env_vs_shift"] = SETS["own_env"][:1] + SETS["own_env_no_shift"][:1]
 #: Each evaluation also drives the Polyak-averaged actor (seed 0's runs ran before that option; training is the same).
 FAST_BUDGET = {"total_timesteps": 20000, "eval_freq": 1250}
 FAST = {"run": {**FAST_BUDGET, "eval_polyak_actor": True}}
+#: LayerNorm after every hidden layer of both critics (RLPD's stabiliser for several gradient steps per env step).
+LAYER_NORM = {"encoder": {"critic_layer_norm": True}}
 UTD = {
     "UTD 1": FAST,
     "UTD 4": {**FAST, "td3": {"gradient_steps": 4}},
-    "UTD 4 + LayerNorm critic": {**FAST, "td3": {"gradient_steps": 4}, "encoder": {"critic_layer_norm": True}},
+    "UTD 4 + LayerNorm critic": {**FAST, "td3": {"gradient_steps": 4}, **LAYER_NORM},
 }
 SETS["vector_utd"] = [(label, VECTOR, o, seed) for seed in (0, 1, 2) for label, o in UTD.items()]
 #: Eight gradient steps per env step with LayerNorm critics, up to bar 3's 40K frames only (twice UTD 4's cost).
-UTD8 = {"run": {**FAST["run"], "total_timesteps": 10000}, "td3": {"gradient_steps": 8}, "encoder": {"critic_layer_norm": True}}
+UTD8 = {"run": {**FAST["run"], "total_timesteps": 10000}, "td3": {"gradient_steps": 8}, **LAYER_NORM}
 SETS["vector_utd8"] = [("UTD 8 + LayerNorm critic", VECTOR, UTD8, seed) for seed in (0, 1, 2)]
 #: Issue 21, bar 5: UTD 4 + LayerNorm critics rerun on a seed never used while choosing it (seeds 0-2 chose it).
 SETS["vector_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", VECTOR, UTD["UTD 4 + LayerNorm critic"], 7)]
 #: Churn: LayerNorm critics without more updates (UTD 1), beside UTD 1 and UTD 4 with and without them, 80K frames;
 #: on the vector a drop of more than 150 points is real (a 10-track swing is known to +-28).
-UTD1_LN = {**FAST, "encoder": {"critic_layer_norm": True}}
-SETS["vector_layernorm"] = [("UTD 1 + LayerNorm critic", VECTOR, UTD1_LN, seed) for seed in (0, 1, 2)]
+SETS["vector_layernorm"] = [("UTD 1 + LayerNorm critic", VECTOR, {**FAST, **LAYER_NORM}, seed) for seed in (0, 1, 2)]
 SETS["vector_layernorm_churn"] = SETS["vector_utd"] + SETS["vector_layernorm"]
 #: n-step TD targets (SB3's NStepReplayBuffer, 3 steps as in DrQ-v2): rewards reach the critic 3 env steps sooner, the
 #: lever DrQ-v2 leans on for sample efficiency; at UTD 1 (with and without LayerNorm critics) and on UTD 4 + LayerNorm
@@ -135,11 +136,11 @@ SETS["vector_layernorm_churn"] = SETS["vector_utd"] + SETS["vector_layernorm"]
 NSTEP_BUDGET = {"run": {**FAST["run"], "total_timesteps": 10000}}
 NSTEP = {
     "UTD 1 + 3-step": {**NSTEP_BUDGET, "td3": {"n_steps": 3}},
-    "UTD 1 + LayerNorm critic + 3-step": {**NSTEP_BUDGET, "td3": {"n_steps": 3}, "encoder": {"critic_layer_norm": True}},
+    "UTD 1 + LayerNorm critic + 3-step": {**NSTEP_BUDGET, "td3": {"n_steps": 3}, **LAYER_NORM},
     "UTD 4 + LayerNorm critic + 3-step": {
         **NSTEP_BUDGET,
         "td3": {"gradient_steps": 4, "n_steps": 3},
-        "encoder": {"critic_layer_norm": True},
+        **LAYER_NORM,
     },
 }
 SETS["vector_nstep"] = [(label, VECTOR, o, seed) for label, o in NSTEP.items() for seed in (0, 1, 2)]
@@ -152,7 +153,7 @@ SETS["vector_utd_vs_baselines"] = SETS["vector_utd"] + SETS["vector_baselines"]
 #: The same lever on camera + vector, against bar 2's 900 within 60K frames (half the recipe's 120K).
 CAMERA_UTD = {
     "td3": {"gradient_steps": 4},
-    "encoder": {"critic_layer_norm": True},
+    **LAYER_NORM,
     "run": {"total_timesteps": 15000, "eval_freq": 2500, "eval_polyak_actor": True},
 }
 SETS["camera_utd"] = [("UTD 4 + LayerNorm critic", CAMERA, CAMERA_UTD, seed) for seed in (0, 1, 2)]
@@ -160,9 +161,8 @@ SETS["camera_utd_vs_recipe"] = SETS["camera"] + SETS["camera_utd"]
 #: Issue 21, bar 5: the same on seed 7, never used while choosing it.
 SETS["camera_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", CAMERA, CAMERA_UTD, 7)]
 #: LayerNorm critics at UTD 1 on the camera recipe (free at UTD 1; on the vector they cut real churn from 7 drops to 1).
-CAMERA_LN = {"encoder": {"critic_layer_norm": True}}
-SETS["camera_layernorm"] = [("UTD 1 + LayerNorm critic", CAMERA, CAMERA_LN, seed) for seed in (0, 1, 2)]
-SETS["camera_layernorm_unseen_seed"] = [("UTD 1 + LayerNorm critic", CAMERA, CAMERA_LN, 7)]
+SETS["camera_layernorm"] = [("UTD 1 + LayerNorm critic", CAMERA, LAYER_NORM, seed) for seed in (0, 1, 2)]
+SETS["camera_layernorm_unseen_seed"] = [("UTD 1 + LayerNorm critic", CAMERA, LAYER_NORM, 7)]
 SETS["camera_layernorm_vs_recipe"] = SETS["camera"] + SETS["camera_layernorm"]
 #: 3-step TD targets on top (the frame-stack buffer's n-step windows), after they sped up the vector loop.
 CAMERA_NSTEP = {**CAMERA_UTD, "td3": {**CAMERA_UTD["td3"], "n_steps": 3}}
