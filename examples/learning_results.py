@@ -164,6 +164,18 @@ SETS["camera_utd_unseen_seed"] = [("UTD 4 + LayerNorm critic", CAMERA, CAMERA_UT
 SETS["camera_layernorm"] = [("UTD 1 + LayerNorm critic", CAMERA, LAYER_NORM, seed) for seed in (0, 1, 2)]
 SETS["camera_layernorm_unseen_seed"] = [("UTD 1 + LayerNorm critic", CAMERA, LAYER_NORM, 7)]
 SETS["camera_layernorm_vs_recipe"] = SETS["camera"] + SETS["camera_layernorm"]
+#: Bar 2's last 0.7 points (seed 1: 849.3 within 60K frames with LayerNorm critics at UTD 1): on top of them, 3-step
+#: targets at UTD 1 (on the vector they lifted UTD 1 + LayerNorm from 74.3-level starts to 654.5 at 40K frames), and
+#: two gradient steps per env step (UTD 4 churned on camera); 60K frames, the recipe's evaluation every 20K.
+CAMERA_60K = {"run": {"total_timesteps": 15000}}
+CAMERA_FASTER = {
+    "UTD 1 + LayerNorm critic + 3-step": {**CAMERA_60K, "td3": {"n_steps": 3}, **LAYER_NORM},
+    "UTD 2 + LayerNorm critic": {**CAMERA_60K, "td3": {"gradient_steps": 2}, **LAYER_NORM},
+}
+SETS["camera_layernorm_faster"] = [(label, CAMERA, o, seed) for label, o in CAMERA_FASTER.items() for seed in (1, 0, 2)]
+SETS["camera_layernorm_faster_vs_layernorm"] = SETS["camera_layernorm"] + SETS["camera_layernorm_faster"]
+#: Issue 21, bar 1 with the measured churn remedy: the pixels recipe with LayerNorm critics, 400K frames, 3 seeds.
+SETS["pixels_layernorm"] = [("UTD 1 + LayerNorm critic", PIXELS, LAYER_NORM, seed) for seed in (0, 1, 2)]
 #: 3-step TD targets on top (the frame-stack buffer's n-step windows), after they sped up the vector loop.
 CAMERA_NSTEP = {**CAMERA_UTD, "td3": {**CAMERA_UTD["td3"], "n_steps": 3}}
 SETS["camera_nstep"] = [("UTD 4 + LayerNorm critic + 3-step", CAMERA, CAMERA_NSTEP, seed) for seed in (0, 1, 2)]
