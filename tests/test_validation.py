@@ -291,6 +291,47 @@ def test_evaluation_keeps_the_best_model_and_a_resumed_run_knows_its_best(tmp_pa
     assert evaluation_callback(config, tmp_path).best_mean_return == float("-inf")  # nothing saved to beat
 
 
+def _evaluation(timestep: int, returns: list[float]) -> dict:
+    return {"timestep": timestep, "returns": returns, "mean_return": float(np.mean(returns))}
+
+
+def test_kept_policy_row_fails_a_real_late_collapse_only():
+    from sb3_carla_td3.validation.report import kept_policy_row
+
+    rng = np.random.default_rng(0)
+    track = rng.normal(0.0, 30.0, size=10)  # each track's own difficulty, the same in every evaluation
+    start, best = _evaluation(10, list(track - 50.0)), _evaluation(20, list(track + 800.0))
+
+    collapse = kept_policy_row([start, best, _evaluation(30, list(track + 500.0))])
+    assert collapse.passed is False and collapse.status == "FAIL"
+    assert "churned" in collapse.detail and "timestep 20" in collapse.detail
+
+    # A real but small loss (3 % of the gain) passes: what stable runs lose by their end.
+    assert kept_policy_row([start, best, _evaluation(30, list(track + 775.0))]).passed is True
+    # A large drop in the mean that the same tracks do not confirm (one track crashed) is noise, not churn.
+    one_crash = track + 800.0
+    one_crash[3] = -1500.0
+    noisy = kept_policy_row([start, best, _evaluation(30, list(one_crash))])
+    assert noisy.passed is True and "within evaluation noise" in noisy.detail
+    # The same drop as the collapse fails only above the share: 300 of a gain of 850 is 35 %.
+    assert kept_policy_row([start, best, _evaluation(30, list(track + 500.0))], max_drop_share=0.4).passed is True
+
+    assert kept_policy_row([start, best]).passed is True  # the last is the best
+    assert kept_policy_row([best]) is None  # one evaluation: nothing to compare
+    unpaired = kept_policy_row([start, best, _evaluation(30, list(track[:5]))])
+    assert unpaired.passed is None and not unpaired.applies
+
+
+def test_phase3_report_carries_the_kept_policy_row(tmp_path):
+    from sb3_carla_td3.validation.phases import phase3
+
+    config = tiny_config(env={"image_obs": False, "vector_obs": True}, run={"eval_freq": 40, "eval_episodes": 1})
+    report = phase3(config, tmp_path)
+    metrics = [row.metric for row in report.rows]
+    assert metrics[-2:] == ["Evaluation return (deterministic)", "Kept policy: last evaluation against the best"]
+    assert "Kept policy" in (tmp_path / "report.md").read_text()
+
+
 def test_vector_only_env_trains_an_mlp_policy(tmp_path):
     from stable_baselines3.common.policies import ContinuousCritic
     from stable_baselines3.td3.policies import TD3Policy

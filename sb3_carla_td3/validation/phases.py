@@ -27,6 +27,7 @@ from sb3_carla_td3.validation.report import (
     evaluation_row,
     evaluation_table,
     fmt,
+    kept_policy_row,
     learning_row,
     phase1_rows,
 )
@@ -118,9 +119,8 @@ def phase3(config: RunConfig | None, run_dir: str | Path, resume: bool = False, 
     verdicts = result.health.verdict()
     rows = phase1_rows(verdicts, result.model.actor_grad_clip, result.model.critic_grad_clip)
     rows[3].expected = "increasing (positive trend)"
-    evaluation = evaluation_row(load_evaluations(Path(run_dir)))
-    if evaluation is not None:
-        rows.append(evaluation)
+    evaluations = load_evaluations(Path(run_dir))
+    rows += [row for row in (evaluation_row(evaluations), kept_policy_row(evaluations)) if row is not None]
     title = f"Phase 3 training: TD3CNN on {result.config.env.name}, {result.model.num_timesteps} steps ({result.status})"
     return finish_report(result, PhaseReport(title, rows))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sb3_carla_td3.callbacks.verdicts import HealthVerdict
+from sb3_carla_td3.validation.statistics import paired_mean_difference
 
 STATUS = {True: "PASS", False: "FAIL", None: "N/A"}
 
@@ -195,6 +196,51 @@ def evaluation_row(evaluations: list[dict[str, Any]]) -> Row | None:
         f"{len(evaluations)} evaluations, at timesteps {first['timestep']}..{last['timestep']}; last "
         f"{fmt(last['mean_return'])}, best {fmt(best['mean_return'])} at timestep {best['timestep']}{saved}",
     )
+
+
+#: The kept-policy row fails when the last evaluation lies below the best by more than this share of the best's gain
+#: over the first evaluation, and the drop is beyond noise (paired on the same tracks). Calibrated on the runs of
+#: docs/results.md: drops of real collapses are 18-104 % of the gain, what stable runs lose by their end 0-10 %.
+KEPT_MAX_DROP_SHARE = 0.15
+
+
+def kept_policy_row(evaluations: list[dict[str, Any]], max_drop_share: float = KEPT_MAX_DROP_SHARE) -> Row | None:
+    """Is the policy a run ends with as good as its best? The last evaluation against the best, track by track.
+
+    The first -> last row reads PASS through a mid-run collapse that was not undone by the end; this row fails when
+    the last evaluation lost more than ``max_drop_share`` of what the best gained over the first, and the paired
+    95 % bootstrap interval of last - best (the same seeded tracks) lies below 0: churn, not a different draw of
+    tracks. The best policy is then the one to keep (``best_model.zip``).
+
+    :param evaluations: the run's evaluations, oldest first, each with ``mean_return``, ``returns`` and ``timestep``
+    :param max_drop_share: the largest drop, as a share of best - first, that passes
+    :return: the row, or None with fewer than two evaluations; N/A when the best and the last drove different
+        numbers of tracks (they cannot be paired)
+    """
+    if len(evaluations) < 2:
+        return None
+    first, last = evaluations[0], evaluations[-1]
+    best = max(evaluations, key=lambda e: e["mean_return"])
+    metric, expected = "Kept policy: last evaluation against the best", f"no real drop over {max_drop_share:.0%} of the gain"
+    measured = f"{fmt(last['mean_return'])} vs {fmt(best['mean_return'])}"
+    if best is last:
+        return Row(metric, expected, measured, True, detail=f"the last evaluation (timestep {last['timestep']}) is the best")
+    if len(best["returns"]) != len(last["returns"]):
+        detail = f"the best drove {len(best['returns'])} tracks, the last {len(last['returns'])}: not paired"
+        return Row(metric, expected, measured, None, detail=detail, applies=False)
+    change = paired_mean_difference(best["returns"], last["returns"])
+    drop, gain = best["mean_return"] - last["mean_return"], best["mean_return"] - first["mean_return"]
+    real = change.high < 0.0
+    share = drop / gain if gain > 0 else math.inf
+    saved = "best_model.zip holds it" if best.get("best") else "no best_model.zip was saved"
+    detail = (
+        f"last - best {change} (95 % CI, {change.n} paired tracks): {'beyond' if real else 'within'} evaluation "
+        f"noise; {share:.0%} of the best's gain of {fmt(gain)} over the first evaluation"
+    )
+    passed = not (real and share > max_drop_share)
+    if not passed:
+        detail += f"; the policy churned: the best is the one of timestep {best['timestep']} ({saved})"
+    return Row(metric, expected, measured, passed, detail=detail)
 
 
 #: Bar of the learning row: the last third of the episodes must beat the first third by this much return.
