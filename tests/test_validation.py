@@ -322,6 +322,23 @@ def test_kept_policy_row_fails_a_real_late_collapse_only():
     assert unpaired.passed is None and not unpaired.applies
 
 
+def test_evaluation_row_passes_a_run_that_learned_before_its_first_evaluation_and_held():
+    from sb3_carla_td3.validation.report import evaluation_row
+
+    rng = np.random.default_rng(1)
+    track = rng.normal(0.0, 30.0, size=10)
+    flat_high = [_evaluation(10, list(track + 768.0)), _evaluation(20, list(track + 766.5 + rng.normal(0, 20, 10)))]
+    assert evaluation_row(flat_high).passed is False  # without the warm-up's return: strictly increasing
+    held = evaluation_row(flat_high, start_return=-75.0)
+    assert held.passed is True and "within evaluation noise" in held.detail
+    slightly_lower = [flat_high[0], _evaluation(20, list(track + 740.0))]  # real, but 3 % of the gain: held
+    assert evaluation_row(slightly_lower, start_return=-75.0).passed is True
+    collapsed = [flat_high[0], _evaluation(20, list(track + 500.0))]
+    assert evaluation_row(collapsed, start_return=-75.0).passed is False  # a real drop is not "held"
+    never_learned = [_evaluation(10, list(track - 90.0)), _evaluation(20, list(track - 91.0))]
+    assert evaluation_row(never_learned, start_return=-75.0).passed is False  # flat, but flat at the start
+
+
 def test_phase3_report_carries_the_kept_policy_row(tmp_path):
     from sb3_carla_td3.validation.phases import phase3
 

@@ -120,7 +120,10 @@ def phase3(config: RunConfig | None, run_dir: str | Path, resume: bool = False, 
     rows = phase1_rows(verdicts, result.model.actor_grad_clip, result.model.critic_grad_clip)
     rows[3].expected = "increasing (positive trend)"
     evaluations = load_evaluations(Path(run_dir))
-    rows += [row for row in (evaluation_row(evaluations), kept_policy_row(evaluations)) if row is not None]
+    warm_up = [e["return"] for e in result.recorder.episodes if e["timestep"] <= result.model.learning_starts]
+    start_return = statistics.fmean(warm_up) if warm_up else None
+    evaluation = evaluation_row(evaluations, start_return)
+    rows += [row for row in (evaluation, kept_policy_row(evaluations)) if row is not None]
     title = f"Phase 3 training: TD3CNN on {result.config.env.name}, {result.model.num_timesteps} steps ({result.status})"
     return finish_report(result, PhaseReport(title, rows))
 
