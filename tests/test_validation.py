@@ -317,6 +317,8 @@ def test_kept_policy_row_fails_a_real_late_collapse_only():
     assert kept_policy_row([start, best, _evaluation(30, list(track + 500.0))], max_drop_share=0.4).passed is True
 
     assert kept_policy_row([start, best]).passed is True  # the last is the best
+    decline = kept_policy_row([best, _evaluation(20, list(track + 700.0))])  # never better than the first
+    assert decline.passed is False and "the best is the first evaluation" in decline.detail
     assert kept_policy_row([best]) is None  # one evaluation: nothing to compare
     unpaired = kept_policy_row([start, best, _evaluation(30, list(track[:5]))])
     assert unpaired.passed is None and not unpaired.applies

@@ -259,9 +259,10 @@ def kept_policy_row(evaluations: list[dict[str, Any]], max_drop_share: float = K
     real = change.high < 0.0
     share = drop / gain if gain > 0 else math.inf
     saved = "best_model.zip holds it" if best.get("best") else "no best_model.zip was saved"
+    of_gain = f"{share:.0%} of the best's gain of {fmt(gain)} over the first" if gain > 0 else "the best is the first"
     detail = (
         f"last - best {change} (95 % CI, {change.n} paired tracks): {'beyond' if real else 'within'} evaluation "
-        f"noise; {share:.0%} of the best's gain of {fmt(gain)} over the first evaluation"
+        f"noise; {of_gain} evaluation"
     )
     passed = not (real and share > max_drop_share)
     if not passed:
