@@ -174,6 +174,8 @@ CAMERA_FASTER = {
 }
 SETS["camera_layernorm_faster"] = [(label, CAMERA, o, seed) for label, o in CAMERA_FASTER.items() for seed in (1, 0, 2)]
 SETS["camera_layernorm_faster_vs_layernorm"] = SETS["camera_layernorm"] + SETS["camera_layernorm_faster"]
+#: Issue 21, bar 5: UTD 2 + LayerNorm critics on seed 7, never used while choosing it.
+SETS["camera_utd2_unseen_seed"] = [("UTD 2 + LayerNorm critic", CAMERA, CAMERA_FASTER["UTD 2 + LayerNorm critic"], 7)]
 #: Issue 21, bar 1 with the measured churn remedy: the pixels recipe with LayerNorm critics, 400K frames, 3 seeds.
 SETS["pixels_layernorm"] = [("UTD 1 + LayerNorm critic", PIXELS, LAYER_NORM, seed) for seed in (0, 1, 2)]
 #: 3-step TD targets on top (the frame-stack buffer's n-step windows), after they sped up the vector loop.
