@@ -9,12 +9,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from sb3_carla_td3.config import RunConfig, env_options_class, load_config
 from sb3_carla_td3.errors import CarlaConnectionError, ConfigError
 
 if TYPE_CHECKING:
+    from sb3_carla_td3.validation.leaderboard import DrivingEpisode
     from sb3_carla_td3.validation.report import PhaseReport
 
 #: Where the shipped configs live (the repository's top-level configs/ directory).
@@ -118,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="CARLA: folder of report.md/report.json (default: evaluate/ next to the run's config)"
     )
     evaluate.add_argument(
+        "--eval-seed", type=int, default=None,
+        help="seed of the first track (default: CarRacing, tracks that no run's evaluation drove; CARLA, the "
+        "run's own evaluation routes; 1000000: the run's own evaluation tracks)",
+    )  # fmt: skip
+    evaluate.add_argument(
         "--polyak-actor", action="store_true",
         help="act with TD3's Polyak-averaged actor (actor_target) instead of the last actor (docs/results.md, section 8)",
     )  # fmt: skip
@@ -192,51 +198,59 @@ def _print_report(report: PhaseReport, run_dir: Path, strict: bool) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from stable_baselines3.common.evaluation import evaluate_policy
-
+    """Drive a saved model deterministically in its run's evaluation episodes (CarRacing-v3's own 1,000-frame episodes,
+    or the CARLA routes), on ``--episodes`` tracks from ``--eval-seed``, and print the mean return with its interval.
+    """
+    from sb3_carla_td3.envs import make_env
     from sb3_carla_td3.policies import acting_with_target_actor
     from sb3_carla_td3.td3_cnn import TD3CNN
-    from sb3_carla_td3.validation.runner import CONFIG_FILE, make_vec_env
+    from sb3_carla_td3.validation.evaluation import (
+        EVAL_SEED_OFFSET,
+        HELD_OUT_EVAL_SEED,
+        evaluation_options,
+        run_episodes,
+    )
+    from sb3_carla_td3.validation.runner import CONFIG_FILE
     from sb3_carla_td3.validation.statistics import bootstrap_mean
 
     model_path = _model_file(args.model)
     config_path = args.config or _find_upwards(model_path.parent, CONFIG_FILE)
     config = load_config(config_path)
-    if config.env.name == "carla":
-        out = args.out or config_path.parent / "evaluate"
-        return _evaluate_carla(model_path, config, args.episodes, out, args.polyak_actor)
-    env = make_vec_env(config, config.run.seed + 2000)
-    model = TD3CNN.load(model_path, env=env, device="cpu")
-    with acting_with_target_actor(model.policy, enabled=args.polyak_actor):
-        outcome = evaluate_policy(model, env, n_eval_episodes=args.episodes, return_episode_rewards=True)
-    returns, lengths = cast("tuple[list[float], list[int]]", outcome)
+    carla = config.env.name == "carla"
+    seed = args.eval_seed if args.eval_seed is not None else EVAL_SEED_OFFSET if carla else HELD_OUT_EVAL_SEED
+    model = TD3CNN.load(model_path, device="cpu")
+    env = make_env(config.env.name, evaluation_options(config.env.options))
+    try:
+        predict = lambda observation: model.predict(observation, deterministic=True)[0]  # noqa: E731
+        with acting_with_target_actor(model.policy, enabled=args.polyak_actor):
+            returns, lengths, driving = run_episodes(predict, env, args.episodes, seed)
+    finally:
+        env.close()
+    if carla:
+        return _carla_report(model_path, config, returns, lengths, driving, args.out or config_path.parent / "evaluate")
     interval = bootstrap_mean(returns)  # a kept policy was picked on noisy evaluations: how sure is this number?
     mean = interval.value
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
     print(
-        f"{args.episodes} episodes: return {mean:.2f} +- {std:.2f} (mean's 95 % CI [{interval.low:.2f}, "
-        f"{interval.high:.2f}]), length {sum(lengths) / len(lengths):.1f}"
+        f"{args.episodes} episodes (tracks {seed}..{seed + args.episodes - 1}): return {mean:.2f} +- {std:.2f} "
+        f"(mean's 95 % CI [{interval.low:.2f}, {interval.high:.2f}]), length {sum(lengths) / len(lengths):.1f}"
     )
     return 0
 
 
-def _evaluate_carla(model_path: Path, config: RunConfig, episodes: int, out: Path, polyak_actor: bool = False) -> int:
-    """Deterministic episodes on the same seeded routes as the run's evaluations, scored as the CARLA Leaderboard
-    scores them; the table is printed and written to ``out``/report.md and report.json."""
-    from sb3_carla_td3.envs import make_env
-    from sb3_carla_td3.policies import acting_with_target_actor
-    from sb3_carla_td3.td3_cnn import TD3CNN
-    from sb3_carla_td3.validation.evaluation import EVAL_SEED_OFFSET, evaluation_options, run_episodes
+def _carla_report(
+    model_path: Path,
+    config: RunConfig,
+    returns: list[float],
+    lengths: list[int],
+    driving: list[DrivingEpisode],
+    out: Path,
+) -> int:
+    """Score CARLA evaluation episodes as the CARLA Leaderboard scores them; the table is printed and written to
+    ``out``/report.md and report.json."""
     from sb3_carla_td3.validation.leaderboard import aggregate_scores, leaderboard_table
 
-    model = TD3CNN.load(model_path, device="cpu")
-    env = make_env("carla", evaluation_options(config.env.options))
-    try:
-        predict = lambda observation: model.predict(observation, deterministic=True)[0]  # noqa: E731
-        with acting_with_target_actor(model.policy, enabled=polyak_actor):
-            returns, lengths, driving = run_episodes(predict, env, episodes, EVAL_SEED_OFFSET)
-    finally:
-        env.close()
+    episodes = len(returns)
     summary = aggregate_scores(driving)
     title = f"Evaluation of {model_path} on CARLA ({config.env.options.town}), {episodes} episodes"
     table = leaderboard_table(summary)

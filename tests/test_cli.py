@@ -60,7 +60,7 @@ def test_evaluate_command_runs_a_saved_model(tmp_path, capsys):
     main(["train", "--config", str(tiny_yaml(tmp_path, checkpoint_freq=100)), "--out", str(out), "--no-progress"])
     model = next((out / "checkpoints").glob("model_*_steps.zip"))
     assert main(["evaluate", str(model), "--episodes", "1"]) == 0
-    assert "1 episodes: return" in capsys.readouterr().out
+    assert "1 episodes (tracks 2000000..2000000): return" in capsys.readouterr().out
     assert main(["evaluate", str(model), "--episodes", "3"]) == 0
     line = capsys.readouterr().out
     mean = float(line.split("return ")[1].split(" ")[0])
@@ -68,7 +68,24 @@ def test_evaluate_command_runs_a_saved_model(tmp_path, capsys):
     assert low <= mean <= high  # the mean's bootstrap interval over the 3 episodes
     assert main(["evaluate", str(model.with_suffix("")), "--episodes", "1"]) == 0  # SB3's own name, without .zip
     assert main(["evaluate", str(out), "--episodes", "1"]) == 0  # a run directory: its newest checkpoint
-    assert "1 episodes: return" in capsys.readouterr().out
+    assert "1 episodes (tracks 2000000..2000000): return" in capsys.readouterr().out
+
+
+def test_evaluate_drives_the_runs_evaluation_episodes_on_held_out_tracks_by_default(tmp_path, capsys):
+    from sb3_carla_td3.validation.evaluation import EVAL_SEED_OFFSET, HELD_OUT_EVAL_SEED, read_evaluations
+
+    out = tmp_path / "run"
+    config = tiny_yaml(tmp_path, total_timesteps=120, eval_freq=60, eval_episodes=2)
+    main(["train", "--config", str(config), "--out", str(out), "--no-progress"])
+    best = max(read_evaluations(out / "eval" / "evaluations.json"), key=lambda e: e["mean_return"])
+    capsys.readouterr()
+    # On the run's own evaluation tracks, the kept policy scores what its evaluation recorded: the same episodes
+    # (CarRacing-v3's own, without the training env's off-track ending and penalties), not the training env's.
+    assert main(["evaluate", str(out / "best_model.zip"), "--episodes", "2", "--eval-seed", str(EVAL_SEED_OFFSET)]) == 0
+    printed = capsys.readouterr().out
+    assert f"return {best['mean_return']:.2f} +- " in printed and f"tracks {EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + 1}" in printed
+    assert main(["evaluate", str(out / "best_model.zip"), "--episodes", "2"]) == 0
+    assert f"tracks {HELD_OUT_EVAL_SEED}..{HELD_OUT_EVAL_SEED + 1}" in capsys.readouterr().out
 
 
 def test_evaluate_polyak_actor_acts_with_actor_target(tmp_path, capsys):

@@ -26,6 +26,8 @@ from sb3_carla_td3.validation.leaderboard import DrivingEpisode, LeaderboardTrac
 __all__ = [
     "BEST_MODEL_FILE",
     "CARRACING_EPISODE_FRAMES",
+    "EVAL_SEED_OFFSET",
+    "HELD_OUT_EVAL_SEED",
     "DrivingEvalCallback",
     "evaluation_options",
     "frames_per_step",
@@ -37,6 +39,9 @@ __all__ = [
 CARRACING_EPISODE_FRAMES = 1000
 #: Evaluation tracks are seeded from here on (training seeds its env with run.seed, a small number).
 EVAL_SEED_OFFSET = 1_000_000
+#: ``sb3-carla-td3 evaluate`` drives tracks from here on by default: none of them was a run's evaluation track, so a
+#: kept policy (picked on the run's evaluations) is measured on tracks it was not picked on.
+HELD_OUT_EVAL_SEED = 2_000_000
 #: The best evaluation's model, in the run directory (SB3's ``EvalCallback`` name).
 BEST_MODEL_FILE = "best_model.zip"
 
