@@ -83,7 +83,8 @@ def test_evaluate_drives_the_runs_evaluation_episodes_on_held_out_tracks_by_defa
     # (CarRacing-v3's own, without the training env's off-track ending and penalties), not the training env's.
     assert main(["evaluate", str(out / "best_model.zip"), "--episodes", "2", "--eval-seed", str(EVAL_SEED_OFFSET)]) == 0
     printed = capsys.readouterr().out
-    assert f"return {best['mean_return']:.2f} +- " in printed and f"tracks {EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + 1}" in printed
+    assert f"return {best['mean_return']:.2f} +- " in printed
+    assert f"tracks {EVAL_SEED_OFFSET}..{EVAL_SEED_OFFSET + 1}" in printed
     assert main(["evaluate", str(out / "best_model.zip"), "--episodes", "2"]) == 0
     assert f"tracks {HELD_OUT_EVAL_SEED}..{HELD_OUT_EVAL_SEED + 1}" in capsys.readouterr().out
 
