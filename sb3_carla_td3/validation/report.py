@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sb3_carla_td3.callbacks.verdicts import HealthVerdict
-from sb3_carla_td3.validation.statistics import paired_mean_difference
+from sb3_carla_td3.validation.statistics import IntervalEstimate, paired_mean_difference
 
 STATUS = {True: "PASS", False: "FAIL", None: "N/A"}
 
@@ -185,6 +185,16 @@ LEARNING_MAX_STUCK = 0.5
 KEPT_MAX_DROP_SHARE = 0.15
 
 
+def _loss_beyond_noise(
+    before: dict[str, Any], after: dict[str, Any], gain: float, max_drop_share: float
+) -> tuple[IntervalEstimate, bool, bool]:
+    """:return: after - before paired on the same tracks, whether it lies below 0 beyond noise, and whether that
+    loss is also over ``max_drop_share`` of ``gain`` (the rule of the evaluation and kept-policy rows)"""
+    change = paired_mean_difference(before["returns"], after["returns"])
+    real = change.high < 0.0
+    return change, real, real and -change.value > max_drop_share * gain
+
+
 def evaluation_row(evaluations: list[dict[str, Any]], start_return: float | None = None) -> Row | None:
     """The deterministic evaluation return, first evaluation -> last, as a report row.
 
@@ -211,10 +221,9 @@ def evaluation_row(evaluations: list[dict[str, Any]], start_return: float | None
     passed = last["mean_return"] > first["mean_return"] if len(evaluations) > 1 else None
     learned_early = start_return is not None and first["mean_return"] - start_return >= LEARNING_MIN_GAIN
     if passed is False and learned_early and len(first["returns"]) == len(last["returns"]):
-        change = paired_mean_difference(first["returns"], last["returns"])
         gain = first["mean_return"] - start_return
-        real = change.high < 0.0
-        passed = not (real and -change.value > KEPT_MAX_DROP_SHARE * gain)
+        change, real, lost = _loss_beyond_noise(first, last, gain, KEPT_MAX_DROP_SHARE)
+        passed = not lost
         detail += (
             f"; the first evaluation was already {fmt(gain)} above the warm-up episodes ({fmt(start_return)}), "
             f"and last - first {change} is {'beyond' if real else 'within'} evaluation noise"
@@ -254,9 +263,8 @@ def kept_policy_row(evaluations: list[dict[str, Any]], max_drop_share: float = K
     if len(best["returns"]) != len(last["returns"]):
         detail = f"the best drove {len(best['returns'])} tracks, the last {len(last['returns'])}: not paired"
         return Row(metric, expected, measured, None, detail=detail, applies=False)
-    change = paired_mean_difference(best["returns"], last["returns"])
     drop, gain = best["mean_return"] - last["mean_return"], best["mean_return"] - first["mean_return"]
-    real = change.high < 0.0
+    change, real, lost = _loss_beyond_noise(best, last, gain, max_drop_share)
     share = drop / gain if gain > 0 else math.inf
     saved = "best_model.zip holds it" if best.get("best") else "no best_model.zip was saved"
     of_gain = f"{share:.0%} of the best's gain of {fmt(gain)} over the first" if gain > 0 else "the best is the first"
@@ -264,7 +272,7 @@ def kept_policy_row(evaluations: list[dict[str, Any]], max_drop_share: float = K
         f"last - best {change} (95 % CI, {change.n} paired tracks): {'beyond' if real else 'within'} evaluation "
         f"noise; {of_gain} evaluation"
     )
-    passed = not (real and share > max_drop_share)
+    passed = not lost
     if not passed:
         detail += f"; the policy churned: the best is the one of timestep {best['timestep']} ({saved})"
     return Row(metric, expected, measured, passed, detail=detail)
