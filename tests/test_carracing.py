@@ -11,7 +11,7 @@ from gymnasium.envs.box2d.car_racing import CarRacing
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from sb3_carla_td3.envs.carracing import VECTOR_FIELDS, CarRacingConfig, CarRacingEnv
+from sb3_carla_td3.envs.carracing import VECTOR_FIELDS, CarRacingConfig, CarRacingEnv, vector_fields
 from sb3_carla_td3.errors import ConfigError
 
 STEER_RIGHT_FULL_GAS = np.array([1.0, 1.0], dtype=np.float32)
@@ -281,6 +281,10 @@ def test_from_dict_builds_config() -> None:
         ("pedal", "gas"),
         ("max_brake", 1.5),
         ("image_obs", "no"),
+        ("n_waypoints", -1),
+        ("n_waypoints", 101),
+        ("lookahead_m", 0.0),
+        ("lookahead_m", 600.0),
     ],
 )
 def test_invalid_config_value_raises_config_error(name: str, value: Any) -> None:
@@ -435,6 +439,58 @@ def test_vector_only_observation_equals_the_dict_vector() -> None:
     for _ in range(10):
         vector, dict_obs = vector_env.step(STEER_RIGHT_FULL_GAS)[0], dict_env.step(STEER_RIGHT_FULL_GAS)[0]
     np.testing.assert_array_equal(vector, dict_obs["vector"])
+
+
+def _distance_to_centre_line(env: CarRacingEnv, points: np.ndarray) -> np.ndarray:
+    """:return: each point's distance to the closed polyline through the track's centre-line points"""
+    start = env._track_xy
+    end = np.roll(start, -1, axis=0)
+    segment = end - start
+    t = np.clip(np.einsum("psk,sk->ps", points[:, None] - start, segment) / np.sum(segment**2, axis=1), 0.0, 1.0)
+    nearest = start + t[..., None] * segment
+    return np.min(np.linalg.norm(points[:, None] - nearest, axis=2), axis=1)
+
+
+def test_waypoints_lie_on_the_centre_line_ahead_in_the_car_frame() -> None:
+    env = make_env(image_obs=False, vector_obs=True, n_waypoints=4, lookahead_m=40.0)
+    gym_check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=1)
+    names = vector_fields(env.config)
+    assert names[: len(VECTOR_FIELDS)] == VECTOR_FIELDS and names[-2:] == ("waypoint_4_forward", "waypoint_4_right")
+    assert obs.shape == (len(names),) == env.observation_space.shape
+    for _ in range(25):
+        obs = env.step(np.array([0.2, 0.6], dtype=np.float32))[0]
+    hull = env._car.hull
+    forward, right = np.array(hull.GetWorldVector((0.0, 1.0))), np.array(hull.GetWorldVector((1.0, 0.0)))
+    local = obs[len(VECTOR_FIELDS) :].reshape(4, 2) * 40.0
+    world = np.array(hull.position) + local[:, :1] * forward + local[:, 1:] * right
+    np.testing.assert_allclose(_distance_to_centre_line(env, world), 0.0, atol=1e-3)
+    # ahead of the car and 10 units apart along a track that bends gently at this scale
+    assert np.all(np.diff(local[:, 0]) > 0.0) and local[0, 0] > 0.0
+    np.testing.assert_allclose(np.linalg.norm(np.diff(world, axis=0), axis=1), 10.0, atol=0.3)
+
+
+def test_waypoints_wrap_around_the_end_of_the_loop() -> None:
+    env = make_env(image_obs=False, vector_obs=True, n_waypoints=2, lookahead_m=20.0)
+    env.reset(seed=0)
+    length = env._track_s[-1]
+    points = env._waypoints_ahead(length - 5.0)  # 5 units before the start line: 5 and 15 units past it
+    np.testing.assert_allclose(_distance_to_centre_line(env, points), 0.0, atol=1e-6)
+    assert np.linalg.norm(points[0] - env._track_xy[0]) == pytest.approx(5.0, abs=0.1)
+    assert np.linalg.norm(points[1] - env._track_xy[0]) == pytest.approx(15.0, abs=0.3)
+
+
+def test_no_waypoints_keeps_the_seven_physics_fields() -> None:
+    default = make_env(image_obs=False, vector_obs=True)
+    with_waypoints = make_env(image_obs=False, vector_obs=True, n_waypoints=3)
+    first, second = default.reset(seed=2)[0], with_waypoints.reset(seed=2)[0]
+    assert vector_fields(default.config) == VECTOR_FIELDS
+    np.testing.assert_array_equal(first, second[: len(VECTOR_FIELDS)])
+
+
+def test_waypoints_without_the_vector_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="n_waypoints is 5 but vector_obs is false"):
+        CarRacingConfig(n_waypoints=5)
 
 
 def test_observing_nothing_is_a_config_error() -> None:

@@ -22,7 +22,7 @@ from sb3_carla_td3.envs.carracing_config import PEDAL_MAPPINGS as PEDAL_MAPPINGS
 from sb3_carla_td3.envs.carracing_config import STATE_SIZE, CarRacingConfig
 from sb3_carla_td3.envs.wrappers import StreakCounter, carracing_off_track, carracing_speed, pedal_control
 
-__all__ = ["VECTOR_FIELDS", "CarRacingConfig", "CarRacingEnv"]
+__all__ = ["VECTOR_FIELDS", "CarRacingConfig", "CarRacingEnv", "vector_fields"]
 
 # Names of the elements of the "vector" observation, in order (see CarRacingEnv's docstring for units and ranges).
 VECTOR_FIELDS: tuple[str, ...] = (
@@ -36,12 +36,24 @@ VECTOR_FIELDS: tuple[str, ...] = (
 )
 _VECTOR_LOW = np.array([-1.0, -1.0, -1.0, -1.0, 0.0, -1.0, -2.0], dtype=np.float32)
 _VECTOR_HIGH = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0], dtype=np.float32)
+WAYPOINT_BOUND = 2.0  # waypoints / lookahead_m are clipped to +-2 (a point within the lookahead lies within +-1 on track)
 MAX_SPEED = 100.0  # m/s: Box2D moves a body at most 2 units per 1/50 s step; the car is 5 units long, so units ~ metres
 MAX_YAW_RATE = 10.0  # rad/s: measured peak while spinning on grass at full throttle
 MAX_STEER_ANGLE = 0.4  # rad: limit of CarRacing's front-wheel joints
 ZOOM_FRAMES = car_racing.FPS  # CarRacing zooms the camera in over its first second (t < 1 s)
 HUD_ROWS = 12  # bottom 12.5 % of the 96-px state image: speed/ABS/steering/gyro bars and the score
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma, as Pillow's convert("L")
+
+
+def vector_fields(config: CarRacingConfig) -> tuple[str, ...]:
+    """Names of the elements of the ``"vector"`` observation under ``config``, in order.
+
+    :param config: the env options; ``n_waypoints`` adds ``waypoint_K_forward`` and ``waypoint_K_right`` for each
+        centre-line point ahead, K from 1 (the nearest)
+    :return: :data:`VECTOR_FIELDS` followed by the waypoint fields
+    """
+    waypoints = (f"waypoint_{k}_{axis}" for k in range(1, config.n_waypoints + 1) for axis in ("forward", "right"))
+    return VECTOR_FIELDS + tuple(waypoints)
 
 
 class _CarRacingCore(car_racing.CarRacing):
@@ -150,7 +162,12 @@ class CarRacingEnv(gym.Env):
     - 5 ``heading_error``: angle from the car's heading to the direction of the nearest centre-line point, positive
       when the track turns right of the car / pi, -1 to 1;
     - 6 ``lateral_offset``: signed distance from that point, positive right of the driving direction, divided by
-      the track half-width (6.67 units), clipped to -2 to 2 (beyond +-1 the car is off the road).
+      the track half-width (6.67 units), clipped to -2 to 2 (beyond +-1 the car is off the road);
+    - then, with ``n_waypoints`` > 0, for each of the next ``n_waypoints`` centre-line points, spaced
+      ``lookahead_m / n_waypoints`` apart along the track from the car's projection onto it: ``waypoint_K_forward``
+      and ``waypoint_K_right``, its position in the car's frame / ``lookahead_m``, clipped to -2 to 2 (the CARLA
+      env's route vector; :func:`vector_fields` names them). Without them the vector shows where the car is on the
+      track now but not the bend ahead.
 
     ## Rewards
     CarRacing's own reward, summed over the ``action_repeat`` physics frames of a step: +1000/N for every new one of
@@ -201,7 +218,9 @@ class CarRacingEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         size = config.image_size
         image_space = spaces.Box(0, 255, shape=(config.frames * self._channels, size, size), dtype=np.uint8)
-        vector_space = spaces.Box(_VECTOR_LOW, _VECTOR_HIGH, dtype=np.float32)
+        waypoint_bound = np.full(2 * config.n_waypoints, WAYPOINT_BOUND, dtype=np.float32)
+        low, high = np.concatenate([_VECTOR_LOW, -waypoint_bound]), np.concatenate([_VECTOR_HIGH, waypoint_bound])
+        vector_space = spaces.Box(low, high, dtype=np.float32)
         if not config.image_obs:
             self.observation_space = vector_space
             self.frame_stack = 1  # no image, nothing stacked (the replay buffer must not look for frames)
@@ -233,6 +252,8 @@ class CarRacingEnv(gym.Env):
                 self._core.step(None)  # type: ignore[arg-type]  # CarRacing.step(None) runs a frame without action; typed without None
         track = np.array(self._core.track, dtype=np.float64)  # rows (alpha, beta, x, y), in driving order
         self._track_xy, self._track_beta = track[:, 2:4], track[:, 1]
+        loop = np.vstack([self._track_xy, self._track_xy[:1]])  # the track is a closed loop
+        self._track_s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(loop, axis=0), axis=1))])  # arc length
         self._steps = 0
         self._offtrack.reset()
         self._stuck.reset()
@@ -345,7 +366,7 @@ class CarRacingEnv(gym.Env):
         return carracing_speed(self._core)
 
     def _vector(self) -> np.ndarray:
-        """:return: float32 array of the ``VECTOR_FIELDS`` (see the class docstring)"""
+        """:return: float32 array of the fields :func:`vector_fields` names (see the class docstring)"""
         car = self._car
         hull = car.hull
         forward, right = np.array(hull.GetWorldVector((0.0, 1.0))), np.array(hull.GetWorldVector((1.0, 0.0)))
@@ -360,7 +381,24 @@ class CarRacingEnv(gym.Env):
         vector: tuple[float, ...] = (np.dot(velocity, forward) / MAX_SPEED, np.dot(velocity, right) / MAX_SPEED)
         vector += (-hull.angularVelocity / MAX_YAW_RATE, -car.wheels[0].joint.angle / MAX_STEER_ANGLE, on_track)
         vector += (heading_error / math.pi, offset / car_racing.TRACK_WIDTH)
-        return np.clip(np.array(vector, dtype=np.float32), _VECTOR_LOW, _VECTOR_HIGH)
+        physics = np.clip(np.array(vector, dtype=np.float32), _VECTOR_LOW, _VECTOR_HIGH)
+        if not self.config.n_waypoints:
+            return physics
+        along = float(np.dot(position - self._track_xy[nearest], (-math.sin(beta), math.cos(beta))))
+        waypoints = self._waypoints_ahead(self._track_s[nearest] + along) - position
+        local = np.stack([waypoints @ forward, waypoints @ right], axis=1) / self.config.lookahead_m
+        return np.concatenate([physics, np.clip(local.ravel(), -WAYPOINT_BOUND, WAYPOINT_BOUND).astype(np.float32)])
+
+    def _waypoints_ahead(self, s: float) -> np.ndarray:
+        """Centre-line points ahead of arc length ``s``, spaced ``lookahead_m / n_waypoints`` apart, around the loop.
+
+        :param s: arc length along the track from its first point (the car's projection onto the centre line)
+        :return: array of shape ``(n_waypoints, 2)``, world coordinates
+        """
+        n, length = self.config.n_waypoints, self._track_s[-1]
+        targets = (s + self.config.lookahead_m * np.arange(1, n + 1) / n) % length
+        loop = np.vstack([self._track_xy, self._track_xy[:1]])
+        return np.stack([np.interp(targets, self._track_s, loop[:, 0]), np.interp(targets, self._track_s, loop[:, 1])], 1)
 
     def _observation(self) -> np.ndarray | dict[str, np.ndarray]:
         """:return: a copy of the frame stack, with the physics vector in a Dict when ``vector_obs``"""

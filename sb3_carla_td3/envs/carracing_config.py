@@ -31,8 +31,10 @@ _CONFIG_LIMITS: dict[str, tuple[type, float | None, float | None]] = {
     "stuck_penalty": (float, None, 0.0),
     "max_brake": (float, 0.0, 1.0),  # lowest value excluded
     "pedal": (str, None, None),
+    "n_waypoints": (int, 0, 100),
+    "lookahead_m": (float, 0.0, 500.0),  # lowest value excluded
 }
-_EXCLUSIVE_LOW = ("lap_complete_percent", "max_brake")  # fields whose lowest value is excluded
+_EXCLUSIVE_LOW = ("lap_complete_percent", "max_brake", "lookahead_m")  # fields whose lowest value is excluded
 
 
 @dataclass
@@ -46,6 +48,13 @@ class CarRacingConfig:
     vector_obs: bool = field(default=False, metadata={"help": "Dict observation with the car-physics 'vector'"})
     image_obs: bool = field(
         default=True, metadata={"help": "observe the camera frames; false (with vector_obs): the vector alone, no rendering"}
+    )
+    n_waypoints: int = field(
+        default=0,
+        metadata={"help": "centre-line points ahead appended to the vector (x forward, y right), 0-100; 0 = none"},
+    )
+    lookahead_m: float = field(
+        default=50.0, metadata={"help": "track length those points span, units (~m), (0, 500]; as CARLA's route vector"}
     )
     pedal: str = field(
         default="split",
@@ -91,6 +100,11 @@ class CarRacingConfig:
                 raise ConfigError(f"CarRacingConfig.{f.name} is out of range ({f.metadata['help']}), got {value!r}")
         if not (self.image_obs or self.vector_obs):
             raise ConfigError("CarRacingConfig: image_obs and vector_obs are both false; the env would observe nothing")
+        if self.n_waypoints and not self.vector_obs:
+            raise ConfigError(
+                f"CarRacingConfig.n_waypoints is {self.n_waypoints} but vector_obs is false; the waypoints are part of "
+                "the vector: set vector_obs: true or n_waypoints: 0"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CarRacingConfig:
