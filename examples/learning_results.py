@@ -181,6 +181,32 @@ SETS["camera_layernorm_more_seeds"] = [("UTD 1 + LayerNorm critic", CAMERA, LAYE
 #: 2 gradient steps per env step with LayerNorm critics and 3-step targets on the vector loop, against bar 3.
 UTD2_NSTEP = {**NSTEP_BUDGET, "td3": {"gradient_steps": 2, "n_steps": 3}, **LAYER_NORM}
 SETS["vector_utd2_nstep"] = [("UTD 2 + LayerNorm critic + 3-step", VECTOR, UTD2_NSTEP, s) for s in (0, 1, 2)]
+#: Bar 3's missing information: the vector shows where the car is on the track but not the bend ahead (runs level off
+#: at 600-700). Five centre-line points over the next 50 units, in the car's frame (the CARLA env's route vector),
+#: on the recipe, on the fastest 40K-frame setting (UTD 1 + LayerNorm + 3-step) and on UTD 4 + LayerNorm, 40K frames.
+WAYPOINTS = {"env": {"n_waypoints": 5, "lookahead_m": 50.0}}
+VECTOR_WAYPOINTS = {
+    "UTD 1 + waypoints": {**NSTEP_BUDGET, **WAYPOINTS},
+    "UTD 1 + LayerNorm critic + 3-step + waypoints": {**NSTEP["UTD 1 + LayerNorm critic + 3-step"], **WAYPOINTS},
+    "UTD 4 + LayerNorm critic + waypoints": {**NSTEP_BUDGET, "td3": {"gradient_steps": 4}, **LAYER_NORM, **WAYPOINTS},
+}
+SETS["vector_waypoints"] = [(label, VECTOR, o, seed) for seed in (0, 1, 2) for label, o in VECTOR_WAYPOINTS.items()]
+#: Bar 5 and the seed spread: UTD 4 + LayerNorm critics with the points on seed 7, never used while choosing them,
+#: and on seeds 3-5.
+UTD4_WAYPOINTS = "UTD 4 + LayerNorm critic + waypoints"
+SETS["vector_waypoints_more_seeds"] = [(UTD4_WAYPOINTS, VECTOR, VECTOR_WAYPOINTS[UTD4_WAYPOINTS], s) for s in (7, 3, 4, 5)]
+#: The same three settings without the points (UTD 1 and UTD 4 + LayerNorm from vector_utd, read to 40K frames).
+WITHOUT_WAYPOINTS = ("UTD 1", "UTD 4 + LayerNorm critic", "UTD 1 + LayerNorm critic + 3-step")
+SETS["vector_waypoints_vs_none"] = [
+    run for run in SETS["vector_utd"] + SETS["vector_nstep"] if run[0] in WITHOUT_WAYPOINTS
+] + SETS["vector_waypoints"]
+#: The same points in the camera + vector recipe's vector, against bar 2 (60K frames), at UTD 1 and UTD 2 with
+#: LayerNorm critics (the two settings that came closest).
+CAMERA_WAYPOINTS = {
+    "UTD 1 + LayerNorm critic + waypoints": {**LAYER_NORM_60K, **WAYPOINTS},
+    "UTD 2 + LayerNorm critic + waypoints": {**CAMERA_FASTER["UTD 2 + LayerNorm critic"], **WAYPOINTS},
+}
+SETS["camera_waypoints"] = [(label, CAMERA, o, seed) for label, o in CAMERA_WAYPOINTS.items() for seed in (0, 1, 2)]
 #: Issue 21, bar 1 with the measured churn remedy: the pixels recipe with LayerNorm critics, 400K frames, 3 seeds.
 SETS["pixels_layernorm"] = [("UTD 1 + LayerNorm critic", PIXELS, LAYER_NORM, seed) for seed in (0, 1, 2)]
 #: 3-step TD targets on top (the frame-stack buffer's n-step windows), after they sped up the vector loop.
