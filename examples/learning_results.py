@@ -207,6 +207,12 @@ CAMERA_WAYPOINTS = {
     "UTD 2 + LayerNorm critic + waypoints": {**CAMERA_FASTER["UTD 2 + LayerNorm critic"], **WAYPOINTS},
 }
 SETS["camera_waypoints"] = [(label, CAMERA, o, seed) for label, o in CAMERA_WAYPOINTS.items() for seed in (0, 1, 2)]
+#: The same two settings without the points (camera_layernorm is a 120K-frame set: run with --timesteps 15000).
+SETS["camera_waypoints_vs_none"] = [
+    *SETS["camera_layernorm"],
+    *[run for run in SETS["camera_layernorm_faster"] if run[0] == "UTD 2 + LayerNorm critic"],
+    *SETS["camera_waypoints"],
+]
 #: Issue 21, bar 1 with the measured churn remedy: the pixels recipe with LayerNorm critics, 400K frames, 3 seeds.
 SETS["pixels_layernorm"] = [("UTD 1 + LayerNorm critic", PIXELS, LAYER_NORM, seed) for seed in (0, 1, 2)]
 #: 3-step TD targets on top (the frame-stack buffer's n-step windows), after they sped up the vector loop.
