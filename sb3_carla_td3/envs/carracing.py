@@ -252,8 +252,9 @@ class CarRacingEnv(gym.Env):
                 self._core.step(None)  # type: ignore[arg-type]  # CarRacing.step(None) runs a frame without action; typed without None
         track = np.array(self._core.track, dtype=np.float64)  # rows (alpha, beta, x, y), in driving order
         self._track_xy, self._track_beta = track[:, 2:4], track[:, 1]
-        loop = np.vstack([self._track_xy, self._track_xy[:1]])  # the track is a closed loop
-        self._track_s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(loop, axis=0), axis=1))])  # arc length
+        self._track_loop = np.vstack([self._track_xy, self._track_xy[:1]])  # the track is a closed loop
+        segments = np.linalg.norm(np.diff(self._track_loop, axis=0), axis=1)
+        self._track_s = np.concatenate([[0.0], np.cumsum(segments)])  # arc length of each point of the loop
         self._steps = 0
         self._offtrack.reset()
         self._stuck.reset()
@@ -397,7 +398,7 @@ class CarRacingEnv(gym.Env):
         """
         n, length = self.config.n_waypoints, self._track_s[-1]
         targets = (s + self.config.lookahead_m * np.arange(1, n + 1) / n) % length
-        loop = np.vstack([self._track_xy, self._track_xy[:1]])
+        loop = self._track_loop
         return np.stack([np.interp(targets, self._track_s, loop[:, 0]), np.interp(targets, self._track_s, loop[:, 1])], 1)
 
     def _observation(self) -> np.ndarray | dict[str, np.ndarray]:
